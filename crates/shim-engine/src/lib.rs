@@ -1,0 +1,261 @@
+//! The wasmtime engine: everything that touches WebAssembly lives here.
+//!
+//! The shim hands this crate the bytes of an entrypoint and a WASI invocation
+//! (argv, env, preopened directories). It decides whether the bytes are a core
+//! module (WASI preview 1) or a component (WASI 0.2 `wasi:cli/run`) by parsing
+//! the binary header, compiles them, checks every import against the WASI host
+//! *before* the container starts (so a bad binary fails `create`, not `start`),
+//! and later runs the program to an exit code.
+//!
+//! Exit codes follow the conventions of `wasmtime run` on Unix:
+//! `proc_exit(n)` gives `n`, a normal return gives 0, a trap gives
+//! [`TRAP_EXIT_CODE`] (128 + SIGABRT) and any other runtime failure gives 1.
+
+mod wasi;
+
+use log::debug;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Linker, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::{I32Exit, WasiCtx};
+
+pub use wasi::{Invocation, Preopen};
+
+/// Exit status of a guest that trapped (128 + SIGABRT, as `wasmtime run` does).
+pub const TRAP_EXIT_CODE: i32 = 134;
+/// Exit status of a guest that failed at runtime without trapping.
+pub const FAILURE_EXIT_CODE: i32 = 1;
+
+/// The export a core module runs when the entrypoint names none.
+const DEFAULT_MODULE_EXPORT: &str = "_start";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path} is not a WebAssembly binary (it starts with {head:02x?}, not \\0asm)")]
+    NotWasm { path: String, head: Vec<u8> },
+    #[error("{path} is not valid WebAssembly: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("{path} cannot be linked against WASI: {reason}")]
+    Link { path: String, reason: String },
+    #[error("{path} has no exported function `{export}` to run")]
+    MissingExport { path: String, export: String },
+    #[error("{path}: {reason}")]
+    Unsupported { path: String, reason: String },
+    #[error("failed to configure wasmtime: {0}")]
+    Engine(String),
+    #[error("failed to prepare WASI for the guest: {0}")]
+    Wasi(String),
+}
+
+/// What kind of WebAssembly binary the entrypoint is, decided from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A core module, run with WASI preview 1.
+    Module,
+    /// A component, run as a WASI 0.2 `wasi:cli/run` command.
+    Component,
+}
+
+impl Kind {
+    /// Classifies `bytes` by the WebAssembly header; `path` only names the file in errors.
+    pub fn detect(path: &str, bytes: &[u8]) -> Result<Kind, Error> {
+        if wasmparser::Parser::is_component(bytes) {
+            Ok(Kind::Component)
+        } else if wasmparser::Parser::is_core_wasm(bytes) {
+            Ok(Kind::Module)
+        } else if bytes.starts_with(b"\0asm") {
+            Err(Error::Invalid {
+                path: path.to_string(),
+                reason: "unsupported WebAssembly binary version or layer".to_string(),
+            })
+        } else {
+            Err(Error::NotWasm {
+                path: path.to_string(),
+                head: bytes.iter().copied().take(8).collect(),
+            })
+        }
+    }
+}
+
+/// A wasmtime engine configured for this shim. One is created per process and
+/// reused for every program that process compiles.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+}
+
+impl Engine {
+    pub fn new() -> Result<Self, Error> {
+        let mut config = wasmtime::Config::new();
+        // Traps print wasm backtraces with function names: that is what a user
+        // debugging a crashed container needs to see in its log.
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+        let inner = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        Ok(Self { inner })
+    }
+
+    /// Compiles `bytes` and checks that the program can be linked against the
+    /// WASI host and has the export to run. `path` names the file in errors;
+    /// `export` is the `#export` part of the entrypoint, if any.
+    pub fn prepare(&self, path: &str, bytes: &[u8], export: Option<&str>) -> Result<Program, Error> {
+        let kind = Kind::detect(path, bytes)?;
+        debug!("{path}: detected a {kind:?} from its header");
+        let invalid = |e: wasmtime::Error| Error::Invalid {
+            path: path.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let link = |e: wasmtime::Error| Error::Link {
+            path: path.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let compiled = match kind {
+            Kind::Module => {
+                let module = Module::new(&self.inner, bytes).map_err(invalid)?;
+                let export = export.unwrap_or(DEFAULT_MODULE_EXPORT).to_string();
+                let is_func = module
+                    .get_export(&export)
+                    .is_some_and(|e| e.func().is_some());
+                if !is_func {
+                    return Err(Error::MissingExport {
+                        path: path.to_string(),
+                        export,
+                    });
+                }
+                let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.inner);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(link)?;
+                let pre = linker.instantiate_pre(&module).map_err(link)?;
+                Compiled::Module { pre, export }
+            }
+            Kind::Component => {
+                if let Some(export) = export {
+                    return Err(Error::Unsupported {
+                        path: path.to_string(),
+                        reason: format!(
+                            "`#{export}` selects a core module export; a component runs its \
+                             `wasi:cli/run` export"
+                        ),
+                    });
+                }
+                let component = Component::new(&self.inner, bytes).map_err(invalid)?;
+                let mut linker = wasmtime::component::Linker::<ComponentState>::new(&self.inner);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
+                let pre = linker.instantiate_pre(&component).map_err(link)?;
+                let pre = CommandPre::new(pre).map_err(|e| Error::Unsupported {
+                    path: path.to_string(),
+                    reason: format!("the component does not export `wasi:cli/run`: {e:#}"),
+                })?;
+                Compiled::Component { pre }
+            }
+        };
+        Ok(Program {
+            engine: self.inner.clone(),
+            compiled,
+        })
+    }
+}
+
+enum Compiled {
+    Module {
+        pre: wasmtime::InstancePre<WasiP1Ctx>,
+        export: String,
+    },
+    Component {
+        pre: CommandPre<ComponentState>,
+    },
+}
+
+/// A compiled, linked program, ready to run.
+pub struct Program {
+    engine: wasmtime::Engine,
+    compiled: Compiled,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Returned normally or called `proc_exit`/`wasi:cli/exit`.
+    Code(i32),
+    /// Trapped; the message includes the wasm backtrace.
+    Trap(String),
+    /// Failed at runtime for another reason (instantiation, a host error).
+    Failed(String),
+}
+
+impl Exit {
+    /// The process exit status this outcome maps to.
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Code(code) => *code,
+            Exit::Trap(_) => TRAP_EXIT_CODE,
+            Exit::Failed(_) => FAILURE_EXIT_CODE,
+        }
+    }
+
+    fn from_error(error: wasmtime::Error) -> Exit {
+        if let Some(exit) = error.downcast_ref::<I32Exit>() {
+            Exit::Code(exit.0)
+        } else if error.downcast_ref::<wasmtime::Trap>().is_some() {
+            Exit::Trap(format!("{error:?}"))
+        } else {
+            Exit::Failed(format!("{error:?}"))
+        }
+    }
+}
+
+impl Program {
+    pub fn kind(&self) -> Kind {
+        match self.compiled {
+            Compiled::Module { .. } => Kind::Module,
+            Compiled::Component { .. } => Kind::Component,
+        }
+    }
+
+    /// Instantiates the program with `invocation`'s WASI context and runs it to completion.
+    pub fn run(&self, invocation: &Invocation) -> Result<Exit, Error> {
+        let mut builder = invocation.builder()?;
+        let outcome = match &self.compiled {
+            Compiled::Module { pre, export } => {
+                let mut store = Store::new(&self.engine, builder.build_p1());
+                pre.instantiate(&mut store)
+                    .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, export))
+                    .and_then(|func| func.call(&mut store, ()))
+            }
+            Compiled::Component { pre } => {
+                let state = ComponentState {
+                    ctx: builder.build(),
+                    table: ResourceTable::new(),
+                };
+                let mut store = Store::new(&self.engine, state);
+                pre.instantiate(&mut store).and_then(|command| {
+                    command
+                        .wasi_cli_run()
+                        .call_run(&mut store)?
+                        .map_err(|()| wasmtime::Error::new(I32Exit(FAILURE_EXIT_CODE)))
+                })
+            }
+        };
+        Ok(match outcome {
+            Ok(()) => Exit::Code(0),
+            Err(error) => Exit::from_error(error),
+        })
+    }
+}
+
+/// Host state of a component's store.
+struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for ComponentState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+use super::*;
+
+const EXIT_42: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 42)))
+  (func (export "other")))"#;
+
+fn engine() -> Engine {
+    Engine::new().expect("engine")
+}
+
+fn wasm(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("valid wat")
+}
+
+#[test]
+fn detects_modules_components_and_other_files() {
+    assert_eq!(Kind::detect("m", &wasm("(module)")).unwrap(), Kind::Module);
+    assert_eq!(Kind::detect("c", &wasm("(component)")).unwrap(), Kind::Component);
+    let err = Kind::detect("/app.wasm", b"#!/bin/sh\necho").unwrap_err();
+    assert!(err.to_string().contains("/app.wasm is not a WebAssembly binary"), "{err}");
+    let err = Kind::detect("/e.wasm", b"").unwrap_err();
+    assert!(matches!(err, Error::NotWasm { .. }), "{err}");
+}
+
+#[test]
+fn truncated_wasm_is_reported_as_invalid_with_the_reason() {
+    let bytes = wasm(EXIT_42);
+    let err = engine().prepare("/t.wasm", &bytes[..bytes.len() - 5], None).err().unwrap();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    assert!(err.to_string().starts_with("/t.wasm is not valid WebAssembly: "), "{err}");
+}
+
+#[test]
+fn unknown_import_is_named() {
+    let bytes = wasm(r#"(module (import "env" "mystery" (func)) (func (export "_start")))"#);
+    let err = engine().prepare("/u.wasm", &bytes, None).err().unwrap();
+    assert!(matches!(err, Error::Link { .. }), "{err}");
+    assert!(err.to_string().contains("env::mystery"), "{err}");
+}
+
+#[test]
+fn missing_export_is_named() {
+    let err = engine()
+        .prepare("/m.wasm", &wasm(EXIT_42), Some("nope"))
+        .err()
+        .unwrap();
+    assert_eq!(err.to_string(), "/m.wasm has no exported function `nope` to run");
+    let err = engine().prepare("/r.wasm", &wasm("(module)"), None).err().unwrap();
+    assert!(err.to_string().contains("`_start`"), "{err}");
+}
+
+#[test]
+fn components_reject_export_selectors() {
+    let err = engine()
+        .prepare("/c.wasm", &wasm("(component)"), Some("run"))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
+
+#[test]
+fn component_without_cli_run_is_unsupported() {
+    let err = engine().prepare("/c.wasm", &wasm("(component)"), None).err().unwrap();
+    assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+}
+
+#[test]
+fn exit_codes_follow_wasmtime_run() {
+    let engine = engine();
+    let program = engine.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
+    assert_eq!(program.kind(), Kind::Module);
+    assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(42));
+
+    let other = engine.prepare("/x.wasm", &wasm(EXIT_42), Some("other")).unwrap();
+    assert_eq!(other.run(&Invocation::default()).unwrap(), Exit::Code(0));
+
+    let trap = wasm(r#"(module (func (export "_start") unreachable))"#);
+    let exit = engine.prepare("/t.wasm", &trap, None).unwrap().run(&Invocation::default()).unwrap();
+    assert_eq!(exit.code(), TRAP_EXIT_CODE);
+    let Exit::Trap(message) = exit else { panic!("expected a trap") };
+    assert!(message.contains("unreachable"), "{message}");
+}
+
+#[test]
+fn missing_preopen_directory_is_a_wasi_error() {
+    let program = engine().prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
+    let invocation = Invocation {
+        preopens: vec![Preopen {
+            host: "/definitely/not/here".into(),
+            guest: "/".into(),
+        }],
+        ..Invocation::default()
+    };
+    let err = program.run(&invocation).unwrap_err();
+    assert!(err.to_string().contains("cannot preopen /definitely/not/here"), "{err}");
+}

@@ -1,0 +1,54 @@
+//! The WASI view a guest gets: argv, environment and preopened directories.
+//!
+//! Stdio is inherited from the process: the container runtime has already put
+//! containerd's fifos on fds 0, 1 and 2, so the guest writes straight into them
+//! and nothing is buffered in the shim when it exits.
+
+use std::path::PathBuf;
+
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::Error;
+
+/// A host directory made visible to the guest under `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// Everything a guest sees of the world besides its stdio.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+}
+
+impl Invocation {
+    pub(crate) fn builder(&self) -> Result<WasiCtxBuilder, Error> {
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .args(&self.args)
+            .envs(&self.env)
+            .inherit_stdio()
+            // The guest owns this process: blocking the current thread on
+            // filesystem calls is cheaper than handing them to a thread pool.
+            .allow_blocking_current_thread(true);
+        for preopen in &self.preopens {
+            // Directories are opened read-write; whether a write succeeds is the
+            // kernel's decision (read-only root and mounts give EROFS), so the
+            // guest sees exactly the access the OCI spec granted.
+            builder
+                .preopened_dir(&preopen.host, &preopen.guest, FsPerms::ReadWrite)
+                .map_err(|e| {
+                    Error::Wasi(format!(
+                        "cannot preopen {} as {}: {e:#}",
+                        preopen.host.display(),
+                        preopen.guest
+                    ))
+                })?;
+        }
+        Ok(builder)
+    }
+}
