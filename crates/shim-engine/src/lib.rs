@@ -98,7 +98,12 @@ impl Engine {
     /// Compiles `bytes` and checks that the program can be linked against the
     /// WASI host and has the export to run. `path` names the file in errors;
     /// `export` is the `#export` part of the entrypoint, if any.
-    pub fn prepare(&self, path: &str, bytes: &[u8], export: Option<&str>) -> Result<Program, Error> {
+    pub fn prepare(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        export: Option<&str>,
+    ) -> Result<Program, Error> {
         let kind = Kind::detect(path, bytes)?;
         debug!("{path}: detected a {kind:?} from its header");
         let invalid = |e: wasmtime::Error| Error::Invalid {

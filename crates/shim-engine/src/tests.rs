@@ -17,9 +17,16 @@ fn wasm(text: &str) -> Vec<u8> {
 #[test]
 fn detects_modules_components_and_other_files() {
     assert_eq!(Kind::detect("m", &wasm("(module)")).unwrap(), Kind::Module);
-    assert_eq!(Kind::detect("c", &wasm("(component)")).unwrap(), Kind::Component);
+    assert_eq!(
+        Kind::detect("c", &wasm("(component)")).unwrap(),
+        Kind::Component
+    );
     let err = Kind::detect("/app.wasm", b"#!/bin/sh\necho").unwrap_err();
-    assert!(err.to_string().contains("/app.wasm is not a WebAssembly binary"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/app.wasm is not a WebAssembly binary"),
+        "{err}"
+    );
     let err = Kind::detect("/e.wasm", b"").unwrap_err();
     assert!(matches!(err, Error::NotWasm { .. }), "{err}");
 }
@@ -27,9 +34,16 @@ fn detects_modules_components_and_other_files() {
 #[test]
 fn truncated_wasm_is_reported_as_invalid_with_the_reason() {
     let bytes = wasm(EXIT_42);
-    let err = engine().prepare("/t.wasm", &bytes[..bytes.len() - 5], None).err().unwrap();
+    let err = engine()
+        .prepare("/t.wasm", &bytes[..bytes.len() - 5], None)
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
-    assert!(err.to_string().starts_with("/t.wasm is not valid WebAssembly: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/t.wasm is not valid WebAssembly: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -46,8 +60,14 @@ fn missing_export_is_named() {
         .prepare("/m.wasm", &wasm(EXIT_42), Some("nope"))
         .err()
         .unwrap();
-    assert_eq!(err.to_string(), "/m.wasm has no exported function `nope` to run");
-    let err = engine().prepare("/r.wasm", &wasm("(module)"), None).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "/m.wasm has no exported function `nope` to run"
+    );
+    let err = engine()
+        .prepare("/r.wasm", &wasm("(module)"), None)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("`_start`"), "{err}");
 }
 
@@ -62,7 +82,10 @@ fn components_reject_export_selectors() {
 
 #[test]
 fn component_without_cli_run_is_unsupported() {
-    let err = engine().prepare("/c.wasm", &wasm("(component)"), None).err().unwrap();
+    let err = engine()
+        .prepare("/c.wasm", &wasm("(component)"), None)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("wasi:cli/run"), "{err}");
 }
 
@@ -73,13 +96,21 @@ fn exit_codes_follow_wasmtime_run() {
     assert_eq!(program.kind(), Kind::Module);
     assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(42));
 
-    let other = engine.prepare("/x.wasm", &wasm(EXIT_42), Some("other")).unwrap();
+    let other = engine
+        .prepare("/x.wasm", &wasm(EXIT_42), Some("other"))
+        .unwrap();
     assert_eq!(other.run(&Invocation::default()).unwrap(), Exit::Code(0));
 
     let trap = wasm(r#"(module (func (export "_start") unreachable))"#);
-    let exit = engine.prepare("/t.wasm", &trap, None).unwrap().run(&Invocation::default()).unwrap();
+    let exit = engine
+        .prepare("/t.wasm", &trap, None)
+        .unwrap()
+        .run(&Invocation::default())
+        .unwrap();
     assert_eq!(exit.code(), TRAP_EXIT_CODE);
-    let Exit::Trap(message) = exit else { panic!("expected a trap") };
+    let Exit::Trap(message) = exit else {
+        panic!("expected a trap")
+    };
     assert!(message.contains("unreachable"), "{message}");
 }
 
@@ -94,5 +125,9 @@ fn missing_preopen_directory_is_a_wasi_error() {
         ..Invocation::default()
     };
     let err = program.run(&invocation).unwrap_err();
-    assert!(err.to_string().contains("cannot preopen /definitely/not/here"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("cannot preopen /definitely/not/here"),
+        "{err}"
+    );
 }

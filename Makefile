@@ -1,0 +1,99 @@
+# containerd-shim-wasmtime-v1: build, test and demo. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+PREFIX ?= /usr/local
+IMAGES := target/images
+WASM_OCI := target/debug/wasm-oci
+WASM_CC ?= clang --target=wasm32-wasi -O2
+SHIM := containerd-shim-wasmtime-v1
+# Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32
+
+.PHONY: help build release install deps images demo test unit-test e2e-test fmt lint clean
+
+help:
+	@echo "make demo     run a wasm program through a private containerd with this shim"
+	@echo "make test     unit tests + end-to-end tests against a real containerd (root)"
+	@echo "make build | release | install | images | deps | fmt | lint"
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release -p containerd-shim-wasmtime
+
+install: release
+	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+
+# Installs what is missing (Debian/Ubuntu, as root).
+deps:
+	@missing=""; for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# --- images: the demo and test programs, as OCI image tarballs -------------
+$(WASM_OCI): $(wildcard crates/wasm-image-builder/src/*.rs)
+	$(CARGO) build -p wasm-image-builder
+
+$(IMAGES)/%.wasm: images/wasitest/%.c
+	@mkdir -p $(IMAGES)
+	$(WASM_CC) -o $@ $<
+
+$(IMAGES)/hello.wasm: images/hello/hello.c
+	@mkdir -p $(IMAGES)
+	$(WASM_CC) -o $@ $<
+
+$(IMAGES)/%.wasm: images/wat/%.wat $(WASM_OCI)
+	@mkdir -p $(IMAGES)
+	$(WASM_OCI) wat $< -o $@
+
+$(IMAGES)/wasitest.component.wasm: $(IMAGES)/wasitest.wasm $(WASM_OCI)
+	$(WASM_OCI) componentize $< -o $@
+
+# A module cut short: the header is right, the body is not.
+$(IMAGES)/corrupt.wasm: $(IMAGES)/wasitest.wasm
+	head -c 64 $< > $@
+
+TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm
+
+$(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
+	$(WASM_OCI) image --name localhost/wasmtime-shim/wasm-test:latest \
+		--entrypoint /wasitest.wasm --env PATH=/bin \
+		$(foreach w,$(TEST_WASM),--file $(IMAGES)/$(w):/$(w)) \
+		--file $(IMAGES)/wasitest.wasm:/bin/wasitest-on-path.wasm \
+		--file images/wasitest/hello.txt:/data/hello.txt \
+		--file images/wasitest/notwasm.txt:/notwasm.wasm \
+		-o $@
+
+$(IMAGES)/hello.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
+	$(WASM_OCI) image --name localhost/wasmtime-shim/hello:latest --entrypoint /hello.wasm \
+		--file $<:/hello.wasm -o $@
+
+$(IMAGES)/hello-artifact.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
+	$(WASM_OCI) artifact --name localhost/wasmtime-shim/hello-artifact:latest --wasm $< -o $@
+
+images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-artifact.tar
+
+# --- the README's two commands ----------------------------------------------
+demo: deps build images
+	$(CARGO) run -q -p shim-tests --bin demo
+
+unit-test:
+	$(CARGO) test --workspace --exclude shim-tests
+
+e2e-test: build images
+	$(CARGO) test -p shim-tests -- --test-threads=4
+
+test: deps unit-test e2e-test
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf $(IMAGES)

@@ -1,0 +1,19 @@
+//! `containerd-shim-wasmtime-v1`: containerd's shim for runtime `io.containerd.wasmtime.v1`.
+//!
+//! The binary has three faces: the shim (`start`, `delete`, the ttrpc server)
+//! run by containerd; the single-threaded create helper the shim re-executes
+//! for each container (see `shim_container::helper`); and `--version`.
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some(shim_container::helper::HELPER_ARG) => {
+            std::process::exit(shim_container::helper::main(&args[1..]))
+        }
+        Some("-v" | "--version" | "-version") => {
+            println!("containerd-shim-wasmtime-v1 {}", env!("CARGO_PKG_VERSION"));
+            println!("runtime {}", shim_task::RUNTIME_ID);
+        }
+        _ => containerd_shim::run::<shim_task::WasmtimeShim>(shim_task::RUNTIME_ID, None),
+    }
+}

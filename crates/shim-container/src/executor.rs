@@ -1,0 +1,106 @@
+//! The container's process: libcontainer sets up namespaces, cgroups and the
+//! root, then hands control to this executor instead of `execve`.
+//!
+//! `validate` runs inside the container after `pivot_root` and before the
+//! start signal: it resolves the entrypoint in the container's own root,
+//! compiles it and links it against WASI, so every bad-input error reaches
+//! containerd from `create`. `exec` runs the prepared program after `start`
+//! and ends the process with the guest's exit status.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::Spec;
+use shim_engine::{Engine, Exit, Invocation, Preopen, Program};
+use shim_image::WasmProcess;
+
+/// What `validate` prepared for `exec`; both run in the same init process.
+static PREPARED: OnceLock<(Program, Invocation)> = OnceLock::new();
+
+#[derive(Clone, Default)]
+pub struct WasmExecutor;
+
+impl WasmExecutor {
+    fn prepare(spec: &Spec) -> Result<(Program, Invocation), String> {
+        let process = WasmProcess::from_spec(spec).map_err(|e| e.to_string())?;
+        let entry = &process.entrypoint;
+        let path = entry.resolve(&process.cwd, process.path_env(), Path::is_file);
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "entrypoint {:?} not found in the container (looked for {shown})",
+                entry.path
+            ),
+            _ => format!("cannot read entrypoint {shown}: {e}"),
+        })?;
+        let engine = Engine::new().map_err(|e| e.to_string())?;
+        let program = engine
+            .prepare(&shown, &bytes, entry.export.as_deref())
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "{shown}: the header says {}",
+            match program.kind() {
+                shim_engine::Kind::Module => "core module; running it with WASI preview 1",
+                shim_engine::Kind::Component =>
+                    "component; running its wasi:cli/run export with WASI 0.2",
+            }
+        );
+        let mut preopens = vec![Preopen {
+            host: "/".into(),
+            guest: "/".into(),
+        }];
+        if process.cwd != Path::new("/") {
+            preopens.push(Preopen {
+                host: process.cwd.clone(),
+                guest: ".".into(),
+            });
+        }
+        let invocation = Invocation {
+            args: process.args,
+            env: process.env,
+            preopens,
+        };
+        Ok((program, invocation))
+    }
+}
+
+impl Executor for WasmExecutor {
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        let prepared = Self::prepare(spec).map_err(ExecutorValidationError::ArgValidationError)?;
+        let _ = PREPARED.set(prepared);
+        Ok(())
+    }
+
+    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
+        let (program, invocation) = PREPARED
+            .get()
+            .ok_or_else(|| ExecutorError::Other("exec called before validate".into()))?;
+        install_termination_handlers();
+        let exit = program
+            .run(invocation)
+            .map_err(|e| ExecutorError::Other(e.to_string()))?;
+        let _ = std::io::stdout().flush();
+        if let Exit::Trap(message) | Exit::Failed(message) = &exit {
+            let _ = writeln!(std::io::stderr(), "{message}");
+            log::error!("the guest failed (exit status {}): {message}", exit.code());
+        }
+        std::process::exit(exit.code());
+    }
+}
+
+/// The guest runs as PID 1 of its PID namespace, where signals without a
+/// handler are dropped. A wasm guest cannot install one, so SIGTERM and SIGINT
+/// end the process here with the shell's 128+N status, as they would end a
+/// native program.
+fn install_termination_handlers() {
+    extern "C" fn terminate(signal: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe and touches no process state.
+        unsafe { libc::_exit(128 + signal) }
+    }
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only calls _exit (async-signal-safe).
+        unsafe { libc::signal(signal, terminate as *const () as libc::sighandler_t) };
+    }
+}

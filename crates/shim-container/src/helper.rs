@@ -1,0 +1,186 @@
+//! The create helper: the shim binary re-executed as a short-lived,
+//! single-threaded process that mounts the rootfs and drives libcontainer.
+//!
+//! Why a separate process: the shim server is multi-threaded (ttrpc, the
+//! reaper), and libcontainer `clone`s the container's processes and runs Rust
+//! code in them before anything is exec'd. A clone of a multi-threaded process
+//! may deadlock on a lock (allocator, logger) held by a thread that did not
+//! come along. A freshly exec'd helper has exactly one thread, so its clones
+//! are safe. The container's init (which runs the guest) is cloned from the
+//! helper; when the helper exits it is re-parented to the shim, a child
+//! subreaper, which reaps it and reports its exit status.
+//!
+//! Protocol: the shim runs `<shim> container-helper '<CreateRequest json>'`
+//! with the guest's stdin as the helper's stdin, and reads one JSON
+//! [`CreateResponse`] from the helper's stdout.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+use crate::executor::WasmExecutor;
+use crate::rootfs::{mount_rootfs, unmount_rootfs, RootfsMount};
+use crate::{cleanup_state, state_root, Error};
+
+/// The first argument that turns the shim binary into the create helper.
+pub const HELPER_ARG: &str = "container-helper";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<RootfsMount>,
+    /// containerd's stdout/stderr fifos; `None` discards the stream.
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+    pub debug: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum CreateResponse {
+    Created { pid: i32 },
+    Failed { error: String },
+}
+
+/// Shim side: runs the helper and returns the container init's host PID.
+pub(crate) fn spawn_create(request: &CreateRequest, stdin: Stdio) -> Result<i32, Error> {
+    let json = serde_json::to_string(request).map_err(|e| Error::Helper(e.to_string()))?;
+    let mut child = Command::new("/proc/self/exe")
+        .arg(HELPER_ARG)
+        .arg(json)
+        .current_dir(&request.bundle)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Helper(format!("cannot start the create helper: {e}")))?;
+    // The helper is reaped by the shim's SIGCHLD reaper; its answer is on stdout.
+    let mut out = String::new();
+    let mut err = String::new();
+    let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    match serde_json::from_str::<CreateResponse>(&out) {
+        Ok(CreateResponse::Created { pid }) => Ok(pid),
+        Ok(CreateResponse::Failed { error }) => Err(Error::Create(error)),
+        Err(_) => Err(Error::Helper(format!(
+            "the create helper ended without an answer: {}",
+            err.trim()
+        ))),
+    }
+}
+
+/// Helper side: the whole life of the helper process. Returns its exit status.
+pub fn main(args: &[String]) -> i32 {
+    let response = match args
+        .first()
+        .map(|json| serde_json::from_str::<CreateRequest>(json))
+    {
+        Some(Ok(request)) => match create(&request) {
+            Ok(pid) => CreateResponse::Created { pid },
+            Err(error) => CreateResponse::Failed { error },
+        },
+        _ => CreateResponse::Failed {
+            error: format!("{HELPER_ARG} expects one JSON create request"),
+        },
+    };
+    let mut stdout = std::io::stdout();
+    let written = serde_json::to_writer(&mut stdout, &response).is_ok() && stdout.flush().is_ok();
+    if written {
+        0
+    } else {
+        1
+    }
+}
+
+fn create(request: &CreateRequest) -> Result<i32, String> {
+    if let Err(e) = containerd_shim::logger::init(request.debug, "info", "", &request.id) {
+        // No shim log fifo (e.g. run by hand): errors still reach the shim on stdout.
+        eprintln!("no shim log: {e}");
+    }
+    mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
+    let result = build(request);
+    if result.is_err() {
+        // Leave nothing behind: no container state, cgroup or mount.
+        if let Err(e) = cleanup_state(&request.bundle, &request.id) {
+            log::warn!("{}: cleanup after a failed create: {e}", request.id);
+        }
+        if let Err(e) = unmount_rootfs(&request.bundle) {
+            log::warn!("{}: cleanup after a failed create: {e}", request.id);
+        }
+    }
+    result
+}
+
+fn build(request: &CreateRequest) -> Result<i32, String> {
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot duplicate stdin: {e}"))?;
+    let stdout =
+        open_output(request.stdout.as_deref()).map_err(|e| format!("cannot open stdout: {e}"))?;
+    let stderr =
+        open_output(request.stderr.as_deref()).map_err(|e| format!("cannot open stderr: {e}"))?;
+    let container = ContainerBuilder::new(request.id.clone(), SyscallType::default())
+        .with_root_path(state_root(&request.bundle))
+        .map_err(|e| e.to_string())?
+        .with_executor(WasmExecutor)
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_init(&request.bundle)
+        .with_systemd(request.systemd_cgroup)
+        .with_detach(true)
+        .build()
+        .map_err(|e| describe(&e))?;
+    container
+        .pid()
+        .map(|pid| pid.as_raw())
+        .ok_or_else(|| "libcontainer created the container but reported no pid".to_string())
+}
+
+/// libcontainer wraps the init process's error (ours, from the executor's
+/// `validate`) in channel errors; the innermost message is the useful one.
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut messages = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        messages.push(e.to_string());
+        source = e.source();
+    }
+    messages.dedup();
+    messages.join(": ")
+}
+
+/// Opens one of containerd's output fifos for writing without ever blocking:
+/// when no reader is attached (yet), it is opened read-write so the guest's
+/// output waits in the pipe instead of killing it with SIGPIPE.
+fn open_output(path: Option<&Path>) -> std::io::Result<OwnedFd> {
+    let Some(path) = path else {
+        return Ok(OpenOptions::new().write(true).open("/dev/null")?.into());
+    };
+    let file = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            OpenOptions::new().read(true).write(true).open(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    let fd = file.as_raw_fd();
+    let mut flags =
+        nix::fcntl::OFlag::from_bits_retain(nix::fcntl::fcntl(fd, nix::fcntl::F_GETFL)?);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(fd, nix::fcntl::F_SETFL(flags))?;
+    Ok(file.into())
+}

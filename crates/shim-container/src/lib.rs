@@ -1,0 +1,209 @@
+//! Linux isolation for wasm containers.
+//!
+//! Each container is a real Linux container built by youki's `libcontainer`
+//! from the OCI bundle: namespaces, cgroups from `linux.cgroupsPath` and
+//! `linux.resources`, `pivot_root` into the rootfs with the spec's mounts.
+//! Its init process does not `execve` a binary; it runs the wasm guest
+//! through [`executor::WasmExecutor`].
+//!
+//! Where each step runs (see docs/architecture.md):
+//! - create: in the single-threaded [`helper`] process (it forks);
+//! - start, kill, pids, stats, delete: in the shim, as plain syscalls and
+//!   file operations that never fork.
+//!
+//! libcontainer keeps its state under `<bundle>/libcontainer/<id>`, so it is
+//! private to the bundle and goes away with it.
+
+pub mod executor;
+pub mod helper;
+pub mod rootfs;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcontainer::config::YoukiConfig;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::notify_socket::NOTIFY_FILE;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub use helper::CreateRequest;
+pub use libcgroups::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Create(String),
+    #[error("{0}")]
+    Helper(String),
+    #[error("rootfs: {0}")]
+    Rootfs(String),
+    #[error("the container's process has already exited")]
+    NotRunning,
+    #[error("invalid signal {0}")]
+    Signal(i32),
+    #[error("{what}: {reason}")]
+    Runtime { what: &'static str, reason: String },
+}
+
+impl Error {
+    fn runtime(what: &'static str, reason: impl std::fmt::Display) -> Self {
+        Error::Runtime {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Where libcontainer keeps the state of the containers of `bundle`.
+pub(crate) fn state_root(bundle: &Path) -> PathBuf {
+    bundle.join("libcontainer")
+}
+
+/// A created Linux container whose init process will run a wasm guest.
+#[derive(Debug, Clone)]
+pub struct LinuxContainer {
+    id: String,
+    bundle: PathBuf,
+    pid: i32,
+}
+
+impl LinuxContainer {
+    /// Mounts the rootfs and creates the container; the guest is compiled and
+    /// linked, and waits for [`LinuxContainer::start`]. `stdin` becomes the guest's stdin.
+    pub fn create(request: &CreateRequest, stdin: Stdio) -> Result<Self, Error> {
+        let pid = helper::spawn_create(request, stdin)?;
+        Ok(Self {
+            id: request.id.clone(),
+            bundle: request.bundle.clone(),
+            pid,
+        })
+    }
+
+    /// The host PID of the container's init process (the guest).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn dir(&self) -> PathBuf {
+        state_root(&self.bundle).join(&self.id)
+    }
+
+    fn load(&self) -> Result<Container, Error> {
+        Container::load(self.dir()).map_err(|e| Error::runtime("cannot load container state", e))
+    }
+
+    /// Releases the guest: it is waiting on libcontainer's notify socket.
+    pub fn start(&self) -> Result<(), Error> {
+        // libcontainer's own `start` chdirs to reach a socket path that may be
+        // longer than sun_path allows; chdir is process-wide and the shim is
+        // multi-threaded, so the socket is reached through a directory fd instead.
+        let dir =
+            File::open(self.dir()).map_err(|e| Error::runtime("cannot open container state", e))?;
+        let socket = format!("/proc/self/fd/{}/{NOTIFY_FILE}", dir.as_raw_fd());
+        UnixStream::connect(&socket)
+            .and_then(|mut stream| stream.write_all(b"start container"))
+            .map_err(|e| Error::runtime("cannot signal the container to start", e))?;
+        let mut container = self.load()?;
+        container
+            .set_status(ContainerStatus::Running)
+            .save()
+            .map_err(|e| Error::runtime("cannot save container state", e))?;
+        let config = YoukiConfig::load(&container.root)
+            .map_err(|e| Error::runtime("cannot load container config", e))?;
+        if let Some(hooks) = config.hooks.as_ref() {
+            libcontainer::hooks::run_hooks(
+                hooks.poststart().as_ref(),
+                Some(&container.state),
+                Some(&container.root),
+                None,
+                None,
+            )
+            .map_err(|e| Error::runtime("poststart hook failed", e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the guest, or to every process in its cgroup with `all`.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<(), Error> {
+        let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
+        if all {
+            return self
+                .load()?
+                .kill(signal, true)
+                .map_err(|e| Error::runtime("cannot signal the container's processes", e));
+        }
+        match kill(Pid::from_raw(self.pid), signal) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => Err(Error::NotRunning),
+            Err(e) => Err(Error::runtime("cannot signal the container", e)),
+        }
+    }
+
+    fn cgroup(
+        &self,
+    ) -> Result<impl CgroupManager<Error = libcgroups::common::AnyManagerError>, Error> {
+        let container = self.load()?;
+        let config = YoukiConfig::load(&container.root)
+            .map_err(|e| Error::runtime("cannot load container config", e))?;
+        create_cgroup_manager(CgroupConfig {
+            cgroup_path: config.cgroup_path,
+            systemd_cgroup: container.systemd(),
+            container_name: self.id.clone(),
+        })
+        .map_err(|e| Error::runtime("cannot open the container's cgroup", e))
+    }
+
+    /// The host PIDs of every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, Error> {
+        let pids = self
+            .cgroup()?
+            .get_all_pids()
+            .map_err(|e| Error::runtime("cannot list the container's processes", e))?;
+        Ok(pids.into_iter().map(Pid::as_raw).collect())
+    }
+
+    /// CPU, memory and pids usage from the container's cgroup.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        self.cgroup()?
+            .stats()
+            .map_err(|e| Error::runtime("cannot read the container's cgroup stats", e))
+    }
+
+    /// Removes everything the container owns (see [`cleanup`]).
+    pub fn delete(&self) -> Result<(), Error> {
+        cleanup(&self.bundle, &self.id)
+    }
+}
+
+/// Kills what is left of container `id`, removes its cgroup and state, and
+/// unmounts its rootfs. Safe to call again, and after a shim crash (the
+/// `delete` action of the shim binary calls it).
+pub fn cleanup(bundle: &Path, id: &str) -> Result<(), Error> {
+    let state = cleanup_state(bundle, id);
+    rootfs::unmount_rootfs(bundle)?;
+    state
+}
+
+pub(crate) fn cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
+    let root = state_root(bundle);
+    let dir = root.join(id);
+    if dir.exists() {
+        let mut container =
+            Container::load(dir).map_err(|e| Error::runtime("cannot load container state", e))?;
+        container
+            .delete(true)
+            .map_err(|e| Error::runtime("cannot delete the container", e))?;
+    }
+    match std::fs::remove_dir(&root) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::runtime("cannot remove container state", e))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,134 @@
+//! What the shim reads from an OCI bundle: the runtime spec's `process` and the
+//! wasm entrypoint it names.
+//!
+//! `process.args[0]` names the `.wasm` file, optionally followed by `#export`
+//! to call that export of a core module instead of `_start`. A name with a `/`
+//! is absolute or relative to `process.cwd`; a bare name is looked up in
+//! `process.cwd` and then in the directories of `PATH` from `process.env`,
+//! like a shell would. Resolution is done inside the container's root, so it
+//! cannot reach the host.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("the runtime spec has no `process` section")]
+    MissingProcess,
+    #[error("`process.args` is empty: the first argument must name the .wasm entrypoint")]
+    MissingArgs,
+    #[error("`process.terminal: true` is not supported by this shim yet (run without a TTY)")]
+    Terminal,
+    #[error("`process.env` entry {0:?} has no `=`")]
+    BadEnv(String),
+    #[error("`process.cwd` {0:?} is not an absolute path")]
+    RelativeCwd(String),
+    #[error("entrypoint {0:?} has an empty `#export` name")]
+    EmptyExport(String),
+}
+
+/// The entrypoint named by `process.args[0]`: a path and an optional export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entrypoint {
+    /// The path as written in the spec, without `#export`.
+    pub path: String,
+    /// The export to call instead of the default (`_start` for modules).
+    pub export: Option<String>,
+}
+
+impl Entrypoint {
+    pub fn parse(arg0: &str) -> Result<Self, SpecError> {
+        match arg0.rsplit_once('#') {
+            Some((_, "")) => Err(SpecError::EmptyExport(arg0.to_string())),
+            Some((path, export)) => Ok(Self {
+                path: path.to_string(),
+                export: Some(export.to_string()),
+            }),
+            None => Ok(Self {
+                path: arg0.to_string(),
+                export: None,
+            }),
+        }
+    }
+
+    /// The paths to try, in order, for this entrypoint (see the module docs).
+    pub fn candidates(&self, cwd: &Path, path_env: Option<&str>) -> Vec<PathBuf> {
+        let name = Path::new(&self.path);
+        if self.path.contains('/') {
+            return vec![cwd.join(name)];
+        }
+        let mut candidates = vec![cwd.join(name)];
+        let dirs = path_env
+            .unwrap_or_default()
+            .split(':')
+            .filter(|d| !d.is_empty());
+        candidates.extend(dirs.map(|dir| cwd.join(dir).join(name)));
+        candidates
+    }
+
+    /// The first candidate for which `is_file` holds, or the first candidate
+    /// (so the error names the path the user most likely meant).
+    pub fn resolve(
+        &self,
+        cwd: &Path,
+        path_env: Option<&str>,
+        is_file: impl Fn(&Path) -> bool,
+    ) -> PathBuf {
+        let candidates = self.candidates(cwd, path_env);
+        let found = candidates.iter().find(|c| is_file(c)).cloned();
+        found.unwrap_or_else(|| candidates[0].clone())
+    }
+}
+
+/// The part of `process` a wasm guest runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmProcess {
+    pub entrypoint: Entrypoint,
+    /// argv as given to the guest: `process.args`, with `#export` kept in argv[0].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+impl WasmProcess {
+    pub fn from_spec(spec: &Spec) -> Result<Self, SpecError> {
+        let process = spec.process().as_ref().ok_or(SpecError::MissingProcess)?;
+        if process.terminal().unwrap_or(false) {
+            return Err(SpecError::Terminal);
+        }
+        let args = process.args().clone().unwrap_or_default();
+        let arg0 = args.first().ok_or(SpecError::MissingArgs)?;
+        let entrypoint = Entrypoint::parse(arg0)?;
+        let env = process
+            .env()
+            .iter()
+            .flatten()
+            .map(|entry| match entry.split_once('=') {
+                Some((key, value)) => Ok((key.to_string(), value.to_string())),
+                None => Err(SpecError::BadEnv(entry.clone())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cwd = process.cwd().clone();
+        if !cwd.is_absolute() {
+            return Err(SpecError::RelativeCwd(cwd.display().to_string()));
+        }
+        Ok(Self {
+            entrypoint,
+            args,
+            env,
+            cwd,
+        })
+    }
+
+    /// The value of `PATH` in the guest's environment, if set.
+    pub fn path_env(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+use super::*;
+use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
+
+fn spec(args: &[&str], env: &[&str], cwd: &str, terminal: bool) -> Spec {
+    let process = ProcessBuilder::default()
+        .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .env(env.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .cwd(cwd)
+        .terminal(terminal)
+        .build()
+        .unwrap();
+    SpecBuilder::default().process(process).build().unwrap()
+}
+
+#[test]
+fn export_selector_is_split_from_the_path() {
+    let e = Entrypoint::parse("/app/main.wasm#serve").unwrap();
+    assert_eq!(e.path, "/app/main.wasm");
+    assert_eq!(e.export.as_deref(), Some("serve"));
+    assert_eq!(Entrypoint::parse("hello.wasm").unwrap().export, None);
+    assert_eq!(
+        Entrypoint::parse("x.wasm#"),
+        Err(SpecError::EmptyExport("x.wasm#".into()))
+    );
+}
+
+#[test]
+fn absolute_and_relative_paths_resolve_against_cwd_only() {
+    let abs = Entrypoint::parse("/bin/app.wasm").unwrap();
+    assert_eq!(
+        abs.candidates(Path::new("/work"), Some("/usr/bin")),
+        vec![PathBuf::from("/bin/app.wasm")]
+    );
+    let rel = Entrypoint::parse("sub/app.wasm").unwrap();
+    assert_eq!(
+        rel.candidates(Path::new("/work"), Some("/usr/bin")),
+        vec![PathBuf::from("/work/sub/app.wasm")]
+    );
+}
+
+#[test]
+fn bare_names_try_cwd_then_path_in_order() {
+    let bare = Entrypoint::parse("app.wasm").unwrap();
+    let candidates = bare.candidates(Path::new("/work"), Some("/opt/bin::/usr/bin"));
+    assert_eq!(
+        candidates,
+        ["/work/app.wasm", "/opt/bin/app.wasm", "/usr/bin/app.wasm"].map(PathBuf::from)
+    );
+    let found = bare.resolve(Path::new("/work"), Some("/opt/bin:/usr/bin"), |p| {
+        p == Path::new("/usr/bin/app.wasm")
+    });
+    assert_eq!(found, PathBuf::from("/usr/bin/app.wasm"));
+    let missing = bare.resolve(Path::new("/work"), Some("/usr/bin"), |_| false);
+    assert_eq!(missing, PathBuf::from("/work/app.wasm"));
+}
+
+#[test]
+fn process_is_read_from_the_spec() {
+    let p = WasmProcess::from_spec(&spec(
+        &["app.wasm#run", "a b"],
+        &["PATH=/bin", "EMPTY=", "K=v=w"],
+        "/srv",
+        false,
+    ))
+    .unwrap();
+    assert_eq!(p.entrypoint.path, "app.wasm");
+    assert_eq!(p.args, vec!["app.wasm#run", "a b"]);
+    assert_eq!(
+        p.env,
+        vec![
+            ("PATH".into(), "/bin".into()),
+            ("EMPTY".into(), "".into()),
+            ("K".into(), "v=w".into())
+        ]
+    );
+    assert_eq!(p.path_env(), Some("/bin"));
+    assert_eq!(p.cwd, PathBuf::from("/srv"));
+}
+
+#[test]
+fn bad_processes_are_rejected_with_the_reason() {
+    assert_eq!(
+        WasmProcess::from_spec(&spec(&[], &[], "/", false)),
+        Err(SpecError::MissingArgs)
+    );
+    assert_eq!(
+        WasmProcess::from_spec(&spec(&["a.wasm"], &[], "/", true)),
+        Err(SpecError::Terminal)
+    );
+    assert_eq!(
+        WasmProcess::from_spec(&spec(&["a.wasm"], &["NOEQUALS"], "/", false)),
+        Err(SpecError::BadEnv("NOEQUALS".into()))
+    );
+    assert_eq!(
+        WasmProcess::from_spec(&spec(&["a.wasm"], &[], "rel", false)),
+        Err(SpecError::RelativeCwd("rel".into()))
+    );
+    let mut no_process = spec(&["a.wasm"], &[], "/", false);
+    no_process.set_process(None);
+    assert_eq!(
+        WasmProcess::from_spec(&no_process),
+        Err(SpecError::MissingProcess)
+    );
+}

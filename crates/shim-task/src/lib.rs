@@ -1,0 +1,93 @@
+//! The containerd shim v2 protocol for wasm containers.
+//!
+//! `containerd-shim` runs the CLI contract (`start`, `delete`, `-info`, the
+//! ttrpc server, the SIGCHLD reaper); this crate supplies the [`WasmtimeShim`]
+//! that answers it and the Task service ([`service`]) behind the server.
+//! The container work itself is in `shim-container`.
+
+pub mod error;
+pub mod events;
+pub mod lifecycle;
+pub mod service;
+pub mod stats;
+pub mod stdin;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::write_address;
+use containerd_shim::{spawn, Config, ExitSignal, Flags, Shim, StartOpts};
+
+pub use service::TaskService;
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
+
+/// Exit status reported for a task whose shim died (SIGKILL), as runc's shim does.
+const CRASHED_EXIT_STATUS: u32 = 128 + 9;
+
+pub struct WasmtimeShim {
+    id: String,
+    namespace: String,
+    bundle: PathBuf,
+    debug: bool,
+    exit: Arc<ExitSignal>,
+}
+
+impl Shim for WasmtimeShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&args.bundle)
+        };
+        Self {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            bundle,
+            debug: args.debug,
+            exit: Arc::default(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // One shim process per container for now: the socket is keyed by its id.
+        let grouping = opts.id.clone();
+        let (_pid, address) = spawn(opts, &grouping, Vec::new())?;
+        write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // containerd runs `shim delete` after the shim died or failed: remove
+        // whatever the container left (processes, cgroup, state, rootfs mount).
+        if let Err(e) = shim_container::cleanup(&self.bundle, &self.id) {
+            log::warn!("container {}: cleanup after the shim: {e}", self.id);
+        }
+        Ok(DeleteResponse {
+            exit_status: CRASHED_EXIT_STATUS,
+            exited_at: MessageField::some(Timestamp::from(SystemTime::now())),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService::new(
+            self.namespace.clone(),
+            self.debug,
+            publisher,
+            self.exit.clone(),
+        )
+    }
+}

@@ -1,0 +1,133 @@
+//! The one state machine of a task: created → running → stopped → deleted.
+//!
+//! Every Task API call that changes a task goes through [`Phase::apply`];
+//! a call that does not fit the task's phase gets an error that says what the
+//! task is doing and what would work instead.
+
+use std::time::SystemTime;
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Created; the guest is compiled and waits for start.
+    Created,
+    /// The guest is running.
+    Running,
+    /// The guest ended with `code` at `at`.
+    Stopped { code: u32, at: SystemTime },
+    /// Its resources are gone; only the exit status is kept for the reply.
+    Deleted { code: u32, at: SystemTime },
+}
+
+/// What happens to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Start,
+    Exit { code: u32, at: SystemTime },
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {action}: the task {state}")]
+pub struct InvalidTransition {
+    pub action: &'static str,
+    pub state: &'static str,
+}
+
+impl Phase {
+    pub fn apply(self, transition: Transition) -> Result<Phase, InvalidTransition> {
+        use Phase::*;
+        use Transition::*;
+        match (self, transition) {
+            (Created, Start) => Ok(Running),
+            // A created task can be killed before it starts.
+            (Created | Running, Exit { code, at }) => Ok(Stopped { code, at }),
+            (Stopped { code, at }, Delete) => Ok(Deleted { code, at }),
+            // Deleting a task that never ran kills it (as runc does); its status is SIGKILL's.
+            (Created, Delete) => Ok(Deleted {
+                code: 128 + 9,
+                at: SystemTime::now(),
+            }),
+            (state, transition) => Err(InvalidTransition {
+                action: match transition {
+                    Start => "start",
+                    Exit { .. } => "record an exit",
+                    Delete => "delete",
+                },
+                state: state.describe(),
+            }),
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Phase::Created => "is created and not started",
+            Phase::Running => "is running (kill it first)",
+            Phase::Stopped { .. } => "has already exited",
+            Phase::Deleted { .. } => "is deleted",
+        }
+    }
+
+    /// The exit status and time, once the guest has ended.
+    pub fn exit(&self) -> Option<(u32, SystemTime)> {
+        match *self {
+            Phase::Stopped { code, at } | Phase::Deleted { code, at } => Some((code, at)),
+            Phase::Created | Phase::Running => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Phase::*;
+    use Transition::*;
+
+    fn exit(code: u32) -> Transition {
+        Exit {
+            code,
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn the_normal_life_of_a_task() {
+        let running = Created.apply(Start).unwrap();
+        assert_eq!(running, Running);
+        let stopped = running.apply(exit(42)).unwrap();
+        assert_eq!(stopped.exit(), Some((42, SystemTime::UNIX_EPOCH)));
+        let deleted = stopped.apply(Delete).unwrap();
+        assert_eq!(deleted.exit(), Some((42, SystemTime::UNIX_EPOCH)));
+    }
+
+    #[test]
+    fn a_created_task_can_be_killed_or_deleted() {
+        assert_eq!(Created.apply(exit(137)).unwrap().exit().unwrap().0, 137);
+        assert_eq!(Created.apply(Delete).unwrap().exit().unwrap().0, 137);
+    }
+
+    #[test]
+    fn invalid_transitions_say_why() {
+        let err = Running.apply(Delete).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot delete: the task is running (kill it first)"
+        );
+        let err = Running.apply(Start).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot start: the task is running (kill it first)"
+        );
+        let stopped = Running.apply(exit(0)).unwrap();
+        assert_eq!(
+            stopped.apply(Start).unwrap_err().to_string(),
+            "cannot start: the task has already exited"
+        );
+        assert!(stopped.apply(exit(1)).is_err(), "a task exits once");
+        let deleted = stopped.apply(Delete).unwrap();
+        assert_eq!(
+            deleted.apply(Delete).unwrap_err().to_string(),
+            "cannot delete: the task is deleted"
+        );
+    }
+}

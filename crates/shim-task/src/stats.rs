@@ -1,0 +1,143 @@
+//! Task stats: the container's cgroup usage in the metrics type containerd
+//! expects for this host (`io.containerd.cgroups.v1.Metrics` on cgroup v1 and
+//! hybrid hosts, `io.containerd.cgroups.v2.Metrics` on a unified hierarchy).
+
+use containerd_shim::protos::cgroups::metrics as v1;
+use containerd_shim::protos::cgroups_v2::metrics as v2;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::util::convert_to_any;
+use libcgroups::common::{get_cgroup_setup, CgroupSetup};
+use shim_container::Stats;
+
+pub fn metrics_any(stats: &Stats) -> containerd_shim::Result<Any> {
+    let unified = matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified));
+    let metrics: Box<dyn MessageDyn> = if unified {
+        Box::new(v2_metrics(stats))
+    } else {
+        Box::new(v1_metrics(stats))
+    };
+    convert_to_any(metrics)
+}
+
+fn v1_metrics(stats: &Stats) -> v1::Metrics {
+    let memory = &stats.memory;
+    let entry = |data: &libcgroups::stats::MemoryData| v1::MemoryEntry {
+        limit: data.limit,
+        usage: data.usage,
+        max: data.max_usage,
+        failcnt: data.fail_count,
+        ..Default::default()
+    };
+    let stat = |key: &str| memory.stats.get(key).copied().unwrap_or_default();
+    v1::Metrics {
+        pids: MessageField::some(v1::PidsStat {
+            current: stats.pids.current,
+            limit: stats.pids.limit,
+            ..Default::default()
+        }),
+        cpu: MessageField::some(v1::CPUStat {
+            usage: MessageField::some(v1::CPUUsage {
+                total: stats.cpu.usage.usage_total,
+                kernel: stats.cpu.usage.usage_kernel,
+                user: stats.cpu.usage.usage_user,
+                per_cpu: stats.cpu.usage.per_core_usage_total.clone(),
+                ..Default::default()
+            }),
+            throttling: MessageField::some(v1::Throttle {
+                periods: stats.cpu.throttling.periods,
+                throttled_periods: stats.cpu.throttling.throttled_periods,
+                throttled_time: stats.cpu.throttling.throttled_time,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        memory: MessageField::some(v1::MemoryStat {
+            cache: memory.cache,
+            rss: stat("rss"),
+            mapped_file: stat("mapped_file"),
+            pg_fault: stat("pgfault"),
+            pg_maj_fault: stat("pgmajfault"),
+            inactive_file: stat("inactive_file"),
+            active_file: stat("active_file"),
+            total_inactive_file: stat("total_inactive_file"),
+            usage: MessageField::some(entry(&memory.memory)),
+            swap: MessageField::some(entry(&memory.memswap)),
+            kernel: MessageField::some(entry(&memory.kernel)),
+            kernel_tcp: MessageField::some(entry(&memory.kernel_tcp)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn v2_metrics(stats: &Stats) -> v2::Metrics {
+    let memory = &stats.memory;
+    let stat = |key: &str| memory.stats.get(key).copied().unwrap_or_default();
+    v2::Metrics {
+        pids: MessageField::some(v2::PidsStat {
+            current: stats.pids.current,
+            limit: stats.pids.limit,
+            ..Default::default()
+        }),
+        cpu: MessageField::some(v2::CPUStat {
+            usage_usec: stats.cpu.usage.usage_total / 1000,
+            user_usec: stats.cpu.usage.usage_user / 1000,
+            system_usec: stats.cpu.usage.usage_kernel / 1000,
+            nr_periods: stats.cpu.throttling.periods,
+            nr_throttled: stats.cpu.throttling.throttled_periods,
+            throttled_usec: stats.cpu.throttling.throttled_time / 1000,
+            ..Default::default()
+        }),
+        memory: MessageField::some(v2::MemoryStat {
+            usage: memory.memory.usage,
+            usage_limit: memory.memory.limit,
+            max_usage: memory.memory.max_usage,
+            swap_usage: memory.memswap.usage,
+            swap_limit: memory.memswap.limit,
+            anon: stat("anon"),
+            file: stat("file"),
+            inactive_file: stat("inactive_file"),
+            active_file: stat("active_file"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim::protos::protobuf::Message;
+
+    #[test]
+    fn v1_metrics_carry_cgroup_usage() {
+        let mut stats = Stats::default();
+        stats.memory.memory.usage = 4096;
+        stats.memory.memory.limit = 64 << 20;
+        stats.cpu.usage.usage_total = 1_000_000;
+        stats.pids.current = 1;
+        let any = convert_to_any(Box::new(v1_metrics(&stats))).unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+        let back = v1::Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(back.memory.usage.usage, 4096);
+        assert_eq!(back.memory.usage.limit, 64 << 20);
+        assert_eq!(back.cpu.usage.total, 1_000_000);
+        assert_eq!(back.pids.current, 1);
+    }
+
+    #[test]
+    fn v2_metrics_use_microseconds() {
+        let mut stats = Stats::default();
+        stats.cpu.usage.usage_total = 5_000_000;
+        let any = convert_to_any(Box::new(v2_metrics(&stats))).unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        assert_eq!(
+            v2::Metrics::parse_from_bytes(&any.value)
+                .unwrap()
+                .cpu
+                .usage_usec,
+            5000
+        );
+    }
+}

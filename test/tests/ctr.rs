@@ -1,0 +1,377 @@
+//! End-to-end: wasm containers through a real containerd with `ctr run`.
+//! Each test starts its own containerd (see the harness in src/lib.rs).
+
+use std::time::{Duration, Instant};
+
+use shim_tests::{unique_id, Containerd};
+
+const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
+
+fn containerd() -> Containerd {
+    let containerd = Containerd::start();
+    containerd.import("wasm-test.tar");
+    containerd
+}
+
+#[test]
+fn hello_output_comes_back_through_containerd() {
+    let c = containerd();
+    let id = unique_id("hello");
+    let out = c.run(&id, IMAGE, &[], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "hello from wasm\n");
+    c.assert_clean(&[&id]);
+}
+
+#[test]
+fn args_and_env_reach_the_guest_through_wasi() {
+    let c = containerd();
+    let id = unique_id("args");
+    let out = c.run(
+        &id,
+        IMAGE,
+        &[],
+        &["/wasitest.wasm", "args", "one", "two words"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "argv[0]=/wasitest.wasm\nargv[1]=args\nargv[2]=one\nargv[3]=two words\n"
+    );
+
+    let id = unique_id("env");
+    let out = c.run(
+        &id,
+        IMAGE,
+        &["--env", "GREETING=hi there"],
+        &["/wasitest.wasm", "env", "GREETING"],
+    );
+    assert_eq!(out.stdout, "GREETING=hi there\n", "{out:?}");
+    // The shim's own environment is not the guest's.
+    let out = c.run(
+        &unique_id("env"),
+        IMAGE,
+        &[],
+        &["/wasitest.wasm", "env", "TTRPC_ADDRESS"],
+    );
+    assert_eq!(out.stdout, "TTRPC_ADDRESS=(unset)\n", "{out:?}");
+}
+
+#[test]
+fn entrypoint_resolves_against_path_and_cwd() {
+    let c = containerd();
+    // The image sets PATH=/bin; /bin/wasitest-on-path.wasm is found by name.
+    let out = c.run(
+        &unique_id("path"),
+        IMAGE,
+        &[],
+        &["wasitest-on-path.wasm", "hello"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+    let out = c.run(
+        &unique_id("cwd"),
+        IMAGE,
+        &["--cwd", "/bin"],
+        &["./wasitest-on-path.wasm", "hello"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn files_from_the_image_and_from_a_bind_mount_are_readable() {
+    let c = containerd();
+    let out = c.run(
+        &unique_id("cat"),
+        IMAGE,
+        &[],
+        &["/wasitest.wasm", "cat", "/data/hello.txt"],
+    );
+    assert_eq!(out.stdout, "hello from a file in the image\n", "{out:?}");
+
+    let volume = c.dir().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("note.txt"), "from the host volume\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/mnt,options=rbind:ro",
+        volume.display()
+    );
+    let out = c.run(
+        &unique_id("mount"),
+        IMAGE,
+        &["--mount", &mount],
+        &["/wasitest.wasm", "cat", "/mnt/note.txt"],
+    );
+    assert_eq!(out.stdout, "from the host volume\n", "{out:?}");
+}
+
+#[test]
+fn read_only_root_and_mounts_refuse_writes() {
+    let c = containerd();
+    // Writable by default.
+    let out = c.run(
+        &unique_id("rw"),
+        IMAGE,
+        &[],
+        &["/wasitest.wasm", "write", "/new.txt"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "wrote /new.txt\n"),
+        "{out:?}"
+    );
+
+    let out = c.run(
+        &unique_id("ro"),
+        IMAGE,
+        &["--read-only"],
+        &["/wasitest.wasm", "write", "/new.txt"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("Read-only file system"), "{out:?}");
+
+    let volume = c.dir().join("ro-volume");
+    std::fs::create_dir(&volume).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/mnt,options=rbind:ro",
+        volume.display()
+    );
+    let out = c.run(
+        &unique_id("romount"),
+        IMAGE,
+        &["--mount", &mount],
+        &["/wasitest.wasm", "write", "/mnt/x"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("Read-only file system"), "{out:?}");
+    assert!(!volume.join("x").exists());
+}
+
+#[test]
+fn custom_export_entrypoint_runs_that_export() {
+    let c = containerd();
+    let out = c.run(&unique_id("start"), IMAGE, &[], &["/exports.wasm"]);
+    assert_eq!(out.stdout, "default _start\n", "{out:?}");
+    let out = c.run(&unique_id("greet"), IMAGE, &[], &["/exports.wasm#greet"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "custom export greet\n"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn exit_codes_and_traps() {
+    let c = containerd();
+    let out = c.run(
+        &unique_id("exit0"),
+        IMAGE,
+        &[],
+        &["/wasitest.wasm", "exit", "0"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = c.run(
+        &unique_id("exit42"),
+        IMAGE,
+        &[],
+        &["/wasitest.wasm", "exit", "42"],
+    );
+    assert_eq!(out.code, 42, "{out:?}");
+    assert_eq!(out.stdout, "exiting with 42\n");
+
+    let out = c.run(&unique_id("trap"), IMAGE, &[], &["/trap.wasm"]);
+    assert_eq!(out.code, 134, "{out:?}");
+    assert!(
+        out.stderr.contains("unreachable"),
+        "the trap is on stderr: {out:?}"
+    );
+    assert!(
+        c.log().contains("the guest failed (exit status 134)"),
+        "and in the shim log"
+    );
+}
+
+#[test]
+fn output_written_just_before_exit_is_not_lost() {
+    let c = containerd();
+    for n in 0..5 {
+        let out = c.run(
+            &unique_id(&format!("tail{n}")),
+            IMAGE,
+            &[],
+            &["/wasitest.wasm", "tail"],
+        );
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (3, "last words"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_component_runs_with_wasi_cli() {
+    let c = containerd();
+    let out = c.run(
+        &unique_id("component"),
+        IMAGE,
+        &[],
+        &["/wasitest.component.wasm", "hello"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+    let out = c.run(
+        &unique_id("component42"),
+        IMAGE,
+        &[],
+        &["/wasitest.component.wasm", "exit", "42"],
+    );
+    assert_eq!(out.code, 42, "{out:?}");
+    assert!(
+        c.log()
+            .contains("component; running its wasi:cli/run export"),
+        "the log says which path"
+    );
+}
+
+#[test]
+fn stdin_reaches_the_guest() {
+    let c = containerd();
+    let out = c.run_with_stdin(
+        &unique_id("stdin"),
+        IMAGE,
+        &["/wasitest.wasm", "echo", "2"],
+        "first\nsecond\n",
+    );
+    assert_eq!(out.stdout, "echo: first\necho: second\n", "{out:?}");
+}
+
+/// Kills a looping guest with `signal` and returns (exit status, time from the
+/// kill to the guest process being gone).
+fn kill_looping_guest(c: &Containerd, id: &str, signal: &str) -> (String, Duration) {
+    c.run_detached(id, IMAGE, &["/wasitest.wasm", "loop"]);
+    let pid = c.task_pid(id).expect("task pid");
+    let started = Instant::now();
+    let out = c.ctr(&["task", "kill", "-s", signal, id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| !c.is_empty())
+            .unwrap_or(false)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the guest ignored {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = started.elapsed();
+    let status = c.ctr(&["task", "wait", id]).stdout;
+    c.ctr(&["task", "rm", id]);
+    c.ctr(&["containers", "rm", id]);
+    (status, elapsed)
+}
+
+#[test]
+fn looping_guests_die_on_sigkill_and_sigterm() {
+    let c = containerd();
+    let kill_id = unique_id("sigkill");
+    let (status, elapsed) = kill_looping_guest(&c, &kill_id, "SIGKILL");
+    assert!(status.contains("137"), "{status}");
+    assert!(
+        elapsed < Duration::from_millis(100),
+        "SIGKILL took {elapsed:?}"
+    );
+
+    let term_id = unique_id("sigterm");
+    let (status, elapsed) = kill_looping_guest(&c, &term_id, "SIGTERM");
+    assert!(status.contains("143"), "{status}");
+    assert!(
+        elapsed < Duration::from_millis(100),
+        "SIGTERM took {elapsed:?}"
+    );
+    c.assert_clean(&[&kill_id, &term_id]);
+}
+
+fn assert_create_fails(c: &Containerd, name: &str, args: &[&str], expected: &str) {
+    let id = unique_id(name);
+    let out = c.run(&id, IMAGE, &[], args);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("container {id}")),
+        "the error names the container: {out:?}"
+    );
+    assert!(
+        out.stderr.contains(expected),
+        "expected {expected:?} in: {}",
+        out.stderr
+    );
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_leaves_nothing() {
+    let c = containerd();
+    assert_create_fails(
+        &c,
+        "missing",
+        &["/nope.wasm"],
+        "entrypoint \"/nope.wasm\" not found",
+    );
+    assert_create_fails(
+        &c,
+        "notwasm",
+        &["/notwasm.wasm"],
+        "/notwasm.wasm is not a WebAssembly binary",
+    );
+    assert_create_fails(
+        &c,
+        "corrupt",
+        &["/corrupt.wasm"],
+        "/corrupt.wasm is not valid WebAssembly",
+    );
+    assert_create_fails(&c, "import", &["/unknown-import.wasm"], "env::mystery");
+    assert_create_fails(
+        &c,
+        "export",
+        &["/exports.wasm#nope"],
+        "no exported function `nope`",
+    );
+    assert_create_fails(&c, "dir", &["/data"], "cannot read entrypoint /data");
+}
+
+#[test]
+fn twenty_containers_in_parallel() {
+    let c = containerd();
+    let ids: Vec<String> = (0..20).map(|n| unique_id(&format!("par{n}"))).collect();
+    let outputs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| s.spawn(|| c.run(id, IMAGE, &[], &["/wasitest.wasm", "args", id])))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    for (id, out) in ids.iter().zip(&outputs) {
+        assert_eq!(out.code, 0, "{id}: {out:?}");
+        assert!(
+            out.stdout.contains(&format!("argv[2]={id}")),
+            "{id}: {out:?}"
+        );
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    c.assert_clean(&ids);
+}
