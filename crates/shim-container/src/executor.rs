@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
 use shim_engine::{Engine, Exit, Invocation, Preopen, Program};
-use shim_image::WasmProcess;
+use shim_image::{filesystem_grants, grant_for, WasmProcess};
 
 /// What `validate` prepared for `exec`; both run in the same init process.
 static PREPARED: OnceLock<(Program, Invocation)> = OnceLock::new();
@@ -47,14 +47,22 @@ impl WasmExecutor {
                     "component; running its wasi:cli/run export with WASI 0.2",
             }
         );
-        let mut preopens = vec![Preopen {
-            host: "/".into(),
-            guest: "/".into(),
-        }];
+        let grants = filesystem_grants(spec);
+        // File bind mounts cannot be preopened; the directory they sit in governs them.
+        let mut preopens: Vec<Preopen> = grants
+            .iter()
+            .filter(|g| g.path == Path::new("/") || g.path.is_dir())
+            .map(|g| Preopen {
+                host: g.path.clone(),
+                guest: g.path.display().to_string(),
+                read_only: g.read_only,
+            })
+            .collect();
         if process.cwd != Path::new("/") {
             preopens.push(Preopen {
                 host: process.cwd.clone(),
                 guest: ".".into(),
+                read_only: grant_for(&grants, &process.cwd).read_only,
             });
         }
         let invocation = Invocation {
@@ -70,6 +78,9 @@ impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         let prepared = Self::prepare(spec).map_err(ExecutorValidationError::ArgValidationError)?;
         let _ = PREPARED.set(prepared);
+        // Before start: a SIGTERM sent right after start must not find the
+        // process without a handler (it would be dropped, see below).
+        install_termination_handlers();
         Ok(())
     }
 
@@ -77,7 +88,6 @@ impl Executor for WasmExecutor {
         let (program, invocation) = PREPARED
             .get()
             .ok_or_else(|| ExecutorError::Other("exec called before validate".into()))?;
-        install_termination_handlers();
         let exit = program
             .run(invocation)
             .map_err(|e| ExecutorError::Other(e.to_string()))?;

@@ -108,15 +108,37 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let result = build(request);
     if result.is_err() {
-        // Leave nothing behind: no container state, cgroup or mount.
-        if let Err(e) = cleanup_state(&request.bundle, &request.id) {
-            log::warn!("{}: cleanup after a failed create: {e}", request.id);
+        // Leave nothing behind: no container state, cgroup or mount. The
+        // container's init is our child: a cgroup v1 directory cannot be
+        // removed while its zombie is unreaped, so reap before removing.
+        reap_children();
+        if cleanup_state(&request.bundle, &request.id).is_err() {
+            reap_children();
+            if let Err(e) = cleanup_state(&request.bundle, &request.id) {
+                log::warn!("{}: cleanup after a failed create: {e}", request.id);
+            }
         }
         if let Err(e) = unmount_rootfs(&request.bundle) {
             log::warn!("{}: cleanup after a failed create: {e}", request.id);
         }
     }
     result
+}
+
+/// Reaps the helper's exited children, waiting up to two seconds for those
+/// still dying (libcontainer SIGKILLs them on a failed create).
+fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn build(request: &CreateRequest) -> Result<i32, String> {

@@ -194,16 +194,42 @@ pub(crate) fn cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
     let root = state_root(bundle);
     let dir = root.join(id);
     if dir.exists() {
-        let mut container =
-            Container::load(dir).map_err(|e| Error::runtime("cannot load container state", e))?;
-        container
-            .delete(true)
-            .map_err(|e| Error::runtime("cannot delete the container", e))?;
+        match Container::load(dir.clone()) {
+            Ok(mut container) => container
+                .delete(true)
+                .map_err(|e| Error::runtime("cannot delete the container", e))?,
+            // State written only half-way: there is nothing in it to run hooks with.
+            Err(_) => std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::runtime("cannot remove container state", e))?,
+        }
     }
+    // A create that failed half-way can leave the cgroup without any state
+    // that points to it; the spec still names it.
+    remove_spec_cgroup(bundle, id)?;
     match std::fs::remove_dir(&root) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(Error::runtime("cannot remove container state", e))
         }
         _ => Ok(()),
     }
+}
+
+/// Kills whatever is in the cgroup the bundle's spec names and removes it.
+fn remove_spec_cgroup(bundle: &Path, id: &str) -> Result<(), Error> {
+    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+        return Ok(()); // no spec, so nothing was created from it
+    };
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
+    let manager = create_cgroup_manager(CgroupConfig {
+        cgroup_path,
+        systemd_cgroup: false,
+        container_name: id.to_string(),
+    })
+    .map_err(|e| Error::runtime("cannot open the container's cgroup", e))?;
+    manager
+        .remove()
+        .map_err(|e| Error::runtime("cannot remove the container's cgroup", e))
 }

@@ -121,6 +121,7 @@ fn missing_preopen_directory_is_a_wasi_error() {
         preopens: vec![Preopen {
             host: "/definitely/not/here".into(),
             guest: "/".into(),
+            read_only: false,
         }],
         ..Invocation::default()
     };

@@ -15,6 +15,10 @@ use crate::Error;
 pub struct Preopen {
     pub host: PathBuf,
     pub guest: String,
+    /// Refuse writes in WASI (the guest gets EPERM). The kernel would refuse
+    /// them anyway on a read-only mount, but wasmtime-wasi reports the
+    /// kernel's EROFS as a bare I/O error, which tells the guest nothing.
+    pub read_only: bool,
 }
 
 /// Everything a guest sees of the world besides its stdio.
@@ -36,11 +40,13 @@ impl Invocation {
             // filesystem calls is cheaper than handing them to a thread pool.
             .allow_blocking_current_thread(true);
         for preopen in &self.preopens {
-            // Directories are opened read-write; whether a write succeeds is the
-            // kernel's decision (read-only root and mounts give EROFS), so the
-            // guest sees exactly the access the OCI spec granted.
+            let perms = if preopen.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
             builder
-                .preopened_dir(&preopen.host, &preopen.guest, FsPerms::ReadWrite)
+                .preopened_dir(&preopen.host, &preopen.guest, perms)
                 .map_err(|e| {
                     Error::Wasi(format!(
                         "cannot preopen {} as {}: {e:#}",

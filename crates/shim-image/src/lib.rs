@@ -130,5 +130,49 @@ impl WasmProcess {
     }
 }
 
+/// A directory of the container the guest may use, and whether it may write there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The directories to preopen for the guest: the container's root, plus each
+/// mount whose writability differs from the directory it is mounted in, so a
+/// read-only root or mount is read-only in WASI too (the guest picks the
+/// longest matching preopen for a path).
+pub fn filesystem_grants(spec: &Spec) -> Vec<Grant> {
+    let root_read_only = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let mut grants = vec![Grant {
+        path: PathBuf::from("/"),
+        read_only: root_read_only,
+    }];
+    let mut mounts: Vec<_> = spec.mounts().iter().flatten().collect();
+    mounts.sort_by_key(|m| m.destination().components().count());
+    for mount in mounts {
+        let read_only = mount.options().iter().flatten().any(|o| o == "ro");
+        if grant_for(&grants, mount.destination()).read_only != read_only {
+            grants.push(Grant {
+                path: mount.destination().clone(),
+                read_only,
+            });
+        }
+    }
+    grants
+}
+
+/// The grant that governs `path`: the one with the longest matching prefix.
+pub fn grant_for<'a>(grants: &'a [Grant], path: &Path) -> &'a Grant {
+    grants
+        .iter()
+        .filter(|g| path.starts_with(&g.path))
+        .max_by_key(|g| g.path.components().count())
+        .unwrap_or(&grants[0])
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 use super::*;
-use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
+use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder};
 
 fn spec(args: &[&str], env: &[&str], cwd: &str, terminal: bool) -> Spec {
     let process = ProcessBuilder::default()
@@ -100,5 +100,77 @@ fn bad_processes_are_rejected_with_the_reason() {
     assert_eq!(
         WasmProcess::from_spec(&no_process),
         Err(SpecError::MissingProcess)
+    );
+}
+
+fn mount(destination: &str, options: &[&str]) -> oci_spec::runtime::Mount {
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source("/host")
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .unwrap()
+}
+
+fn grants(root_read_only: bool, mounts: Vec<oci_spec::runtime::Mount>) -> Vec<(String, bool)> {
+    let spec = SpecBuilder::default()
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(root_read_only)
+                .build()
+                .unwrap(),
+        )
+        .mounts(mounts)
+        .build()
+        .unwrap();
+    filesystem_grants(&spec)
+        .into_iter()
+        .map(|g| (g.path.display().to_string(), g.read_only))
+        .collect()
+}
+
+#[test]
+fn read_only_mounts_in_a_writable_root_get_their_own_grant() {
+    let found = grants(
+        false,
+        vec![
+            mount("/data", &["rbind", "ro"]),
+            mount("/data/rw", &["rbind", "rw"]),
+            mount("/tmp", &["rw"]),
+        ],
+    );
+    assert_eq!(
+        found,
+        vec![
+            ("/".into(), false),
+            ("/data".into(), true),
+            ("/data/rw".into(), false)
+        ]
+    );
+}
+
+#[test]
+fn writable_mounts_in_a_read_only_root_get_their_own_grant() {
+    let found = grants(
+        true,
+        vec![mount("/proc", &["nosuid"]), mount("/sys", &["ro"])],
+    );
+    assert_eq!(found, vec![("/".into(), true), ("/proc".into(), false)]);
+    let spec_grants = [
+        Grant {
+            path: "/".into(),
+            read_only: true,
+        },
+        Grant {
+            path: "/proc".into(),
+            read_only: false,
+        },
+    ];
+    assert!(!grant_for(&spec_grants, Path::new("/proc/self")).read_only);
+    assert!(
+        grant_for(&spec_grants, Path::new("/procfs")).read_only,
+        "prefixes match whole components"
     );
 }

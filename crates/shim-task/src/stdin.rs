@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -33,7 +33,7 @@ impl StdinForwarder {
         std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || copier.copy(&fifo))?;
-        Ok((forwarder, Stdio::from(OwnedFd::from(read))))
+        Ok((forwarder, Stdio::from(read)))
     }
 
     /// Closes the guest's stdin (CloseIO, delete).
