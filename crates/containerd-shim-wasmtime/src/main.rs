@@ -4,8 +4,17 @@
 //! run by containerd; the single-threaded create helper the shim re-executes
 //! for each container (see `shim_container::helper`); and `--version`.
 
+use std::io::Write;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-info" || a == "--info") {
+        let mut stdout = std::io::stdout();
+        let written = stdout
+            .write_all(&shim_task::runtime_info())
+            .and_then(|()| stdout.flush());
+        std::process::exit(if written.is_ok() { 0 } else { 1 });
+    }
     match args.first().map(String::as_str) {
         Some(shim_container::helper::HELPER_ARG) => {
             std::process::exit(shim_container::helper::main(&args[1..]))

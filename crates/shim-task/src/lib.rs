@@ -31,6 +31,22 @@ pub const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
 /// Exit status reported for a task whose shim died (SIGKILL), as runc's shim does.
 const CRASHED_EXIT_STATUS: u32 = 128 + 9;
 
+/// The `-info` answer containerd 2.x asks for before it uses a runtime: a
+/// `containerd.types.RuntimeInfo` protobuf with this shim's name and version.
+pub fn runtime_info() -> Vec<u8> {
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    let info = RuntimeInfo {
+        name: RUNTIME_ID.to_string(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    info.write_to_bytes().expect("RuntimeInfo encodes")
+}
+
 pub struct WasmtimeShim {
     id: String,
     namespace: String,
@@ -89,5 +105,18 @@ impl Shim for WasmtimeShim {
             publisher,
             self.exit.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::types::introspection::RuntimeInfo;
+
+    #[test]
+    fn runtime_info_names_the_runtime_and_version() {
+        let info = RuntimeInfo::parse_from_bytes(&super::runtime_info()).unwrap();
+        assert_eq!(info.name, super::RUNTIME_ID);
+        assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
     }
 }
