@@ -6,6 +6,9 @@ IMAGES := target/images
 WASM_OCI := target/debug/wasm-oci
 WASM_CC ?= clang --target=wasm32-wasi -O2
 SHIM := containerd-shim-wasmtime-v1
+# Every debug build selects the same packages and targets, so cargo unifies the
+# same features each time and never compiles wasmtime twice.
+CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
 DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32
 
@@ -17,7 +20,7 @@ help:
 	@echo "make build | release | install | images | deps | fmt | lint"
 
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO_BUILD)
 
 release:
 	$(CARGO) build --release -p containerd-shim-wasmtime
@@ -35,7 +38,7 @@ deps:
 
 # --- images: the demo and test programs, as OCI image tarballs -------------
 $(WASM_OCI): $(wildcard crates/wasm-image-builder/src/*.rs)
-	$(CARGO) build -p wasm-image-builder
+	$(CARGO_BUILD)
 
 $(IMAGES)/%.wasm: images/wasitest/%.c
 	@mkdir -p $(IMAGES)

@@ -53,20 +53,19 @@ fn kill_looping_guest(c: &Containerd, id: &str, signal: &str) -> (String, Durati
 fn looping_guests_die_on_sigkill_and_sigterm() {
     let c = Containerd::start();
     c.import("wasm-test.tar");
-    let kill_id = unique_id("sigkill");
-    let (status, elapsed) = kill_looping_guest(&c, &kill_id, "SIGKILL");
-    assert!(status.contains("exit code 137"), "{status}");
-    assert!(
-        elapsed < Duration::from_millis(100),
-        "SIGKILL took {elapsed:?}"
-    );
-
-    let term_id = unique_id("sigterm");
-    let (status, elapsed) = kill_looping_guest(&c, &term_id, "SIGTERM");
-    assert!(status.contains("exit code 143"), "{status}");
-    assert!(
-        elapsed < Duration::from_millis(100),
-        "SIGTERM took {elapsed:?}"
-    );
-    c.assert_clean(&[&kill_id, &term_id]);
+    let mut ids = Vec::new();
+    for (signal, code) in [("SIGKILL", 137), ("SIGTERM", 143)] {
+        let id = unique_id(signal);
+        let (status, elapsed) = kill_looping_guest(&c, &id, signal);
+        assert!(
+            status.contains(&format!("exit code {code}")),
+            "{signal}: {status}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(100),
+            "{signal} took {elapsed:?}"
+        );
+        ids.push(id);
+    }
+    c.assert_clean(&ids.iter().map(String::as_str).collect::<Vec<_>>());
 }

@@ -101,9 +101,16 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn create(request: &CreateRequest) -> Result<i32, String> {
-    if let Err(e) = containerd_shim::logger::init(request.debug, "info", "", &request.id) {
-        // No shim log fifo (e.g. run by hand): errors still reach the shim on stdout.
-        eprintln!("no shim log: {e}");
+    // The shim log is the fifo `log` in the bundle (our cwd). The logger opens
+    // it blocking; check first that containerd is reading, or create would hang.
+    let reader = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log");
+    if reader.is_ok() {
+        if let Err(e) = containerd_shim::logger::init(request.debug, "info", "", &request.id) {
+            eprintln!("no shim log: {e}");
+        }
     }
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let result = build(request);

@@ -51,16 +51,25 @@ impl TaskState {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn apply(&self, transition: Transition) -> Result<Phase, TaskError> {
+    /// Moves the task through `transition`. `effect` runs first, with the
+    /// phase held so that no exit slips in between; the phase changes only if
+    /// the transition is valid and `effect` succeeds.
+    fn transition(
+        &self,
+        transition: Transition,
+        effect: impl FnOnce() -> Result<(), TaskError>,
+    ) -> Result<Phase, TaskError> {
         let mut phase = self.phase();
-        *phase = phase
+        let next = phase
             .apply(transition)
             .map_err(|source| TaskError::Transition {
                 id: self.id.clone(),
                 source,
             })?;
+        effect()?;
+        *phase = next;
         self.changed.notify_all();
-        Ok(*phase)
+        Ok(next)
     }
 
     fn container_error(&self, source: shim_container::Error) -> TaskError {
@@ -174,7 +183,10 @@ impl TaskService {
 
 fn record_exit(task: &TaskState, publisher: &Publisher, code: u32) {
     let at = SystemTime::now();
-    if task.apply(Transition::Exit { code, at }).is_err() {
+    if task
+        .transition(Transition::Exit { code, at }, || Ok(()))
+        .is_err()
+    {
         return; // deleted before the reaper saw it
     }
     log::info!("container {}: exited with status {code}", task.id);
@@ -289,19 +301,9 @@ impl Task for TaskService {
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
         reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        {
-            // Hold the phase across the start so an exit cannot slip in between.
-            let mut phase = task.phase();
-            *phase = phase
-                .apply(Transition::Start)
-                .map_err(|source| TaskError::Transition {
-                    id: task.id.clone(),
-                    source,
-                })?;
-            task.container
-                .start()
-                .map_err(|e| task.container_error(e))?;
-        }
+        task.transition(Transition::Start, || {
+            task.container.start().map_err(|e| task.container_error(e))
+        })?;
         let pid = task.container.pid() as u32;
         self.publisher.publish(TaskStart {
             container_id: task.id.clone(),
@@ -374,21 +376,9 @@ impl Task for TaskService {
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
         reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        let deleted = {
-            let mut phase = task.phase();
-            let next = phase
-                .apply(Transition::Delete)
-                .map_err(|source| TaskError::Transition {
-                    id: task.id.clone(),
-                    source,
-                })?;
-            task.container
-                .delete()
-                .map_err(|e| task.container_error(e))?;
-            *phase = next;
-            task.changed.notify_all();
-            next
-        };
+        let deleted = task.transition(Transition::Delete, || {
+            task.container.delete().map_err(|e| task.container_error(e))
+        })?;
         if let Some(stdin) = &task.stdin {
             stdin.close();
         }
