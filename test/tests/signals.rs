@@ -69,3 +69,38 @@ fn looping_guests_die_on_sigkill_and_sigterm() {
     }
     c.assert_clean(&ids.iter().map(String::as_str).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_containerd() {
+    let c = Containerd::start();
+    c.import("wasm-test.tar");
+    let id = unique_id("orphan");
+    c.run_detached(&id, IMAGE, &["/wasitest.wasm", "loop"]);
+    let shims: Vec<i32> = shim_tests::processes_naming(&c.socket().display().to_string())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1") && cmd.contains(&id))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for {id}");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &shims[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // containerd sees the shim's connection drop, runs `shim delete` on the
+    // bundle, and reports the task as exited with 137.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = c.ctr(&["task", "rm", "-f", &id]);
+        if out.code == 0 || out.stderr.contains("not found") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never went away: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+}
