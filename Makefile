@@ -10,7 +10,7 @@ SHIM := containerd-shim-wasmtime-v1
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
 
 .PHONY: help build release install deps images demo test unit-test e2e-test fmt lint clean
 
@@ -48,6 +48,10 @@ $(IMAGES)/hello.wasm: images/hello/hello.c
 	@mkdir -p $(IMAGES)
 	$(WASM_CC) -o $@ $<
 
+$(IMAGES)/native-hello: images/native/hello.c
+	@mkdir -p $(IMAGES)
+	gcc -static -O2 -o $@ $<
+
 $(IMAGES)/%.wasm: images/wat/%.wat $(WASM_OCI)
 	@mkdir -p $(IMAGES)
 	$(WASM_OCI) wat $< -o $@
@@ -61,11 +65,12 @@ $(IMAGES)/corrupt.wasm: $(IMAGES)/wasitest.wasm
 
 TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm
 
-$(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
+$(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) $(IMAGES)/native-hello images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
 	$(WASM_OCI) image --name localhost/wasmtime-shim/wasm-test:latest \
 		--entrypoint /wasitest.wasm --env PATH=/bin \
 		$(foreach w,$(TEST_WASM),--file $(IMAGES)/$(w):/$(w)) \
 		--file $(IMAGES)/wasitest.wasm:/bin/wasitest-on-path.wasm \
+		--file $(IMAGES)/native-hello:/native-hello \
 		--file images/wasitest/hello.txt:/data/hello.txt \
 		--file images/wasitest/notwasm.txt:/notwasm.wasm \
 		-o $@

@@ -111,6 +111,21 @@ fn files_from_the_image_and_from_a_bind_mount_are_readable() {
 }
 
 #[test]
+fn a_native_executable_runs_as_a_linux_container_in_the_same_shim() {
+    let c = containerd();
+    let out = c.run(&unique_id("native"), IMAGE, &[], &["/native-hello", "x"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from a native binary (2 args)\n"),
+        "{out:?}"
+    );
+    assert!(
+        c.log().contains("/native-hello: a native executable"),
+        "the log says which path"
+    );
+}
+
+#[test]
 fn the_guest_cannot_reach_outside_its_root() {
     let c = containerd();
     let secret = c.dir().join("host-secret.txt");
@@ -328,7 +343,7 @@ fn bad_input_gives_a_clear_error_and_leaves_nothing() {
         &c,
         "notwasm",
         &["/notwasm.wasm"],
-        "/notwasm.wasm is not a WebAssembly binary",
+        "/notwasm.wasm is neither WebAssembly nor a native executable",
     );
     assert_create_fails(
         &c,

@@ -6,24 +6,39 @@
 //! compiles it and links it against WASI, so every bad-input error reaches
 //! containerd from `create`. `exec` runs the prepared program after `start`
 //! and ends the process with the guest's exit status.
+//!
+//! An entrypoint that is a native executable (ELF, or a `#!` script) runs as
+//! an ordinary Linux container through libcontainer's default executor: pod
+//! sandboxes (pause) and sidecars share a shim with the wasm containers.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
 use shim_engine::{Engine, Exit, Invocation, Preopen, Program};
 use shim_image::{filesystem_grants, grant_for, WasmProcess};
 
 /// What `validate` prepared for `exec`; both run in the same init process.
-static PREPARED: OnceLock<(Program, Invocation)> = OnceLock::new();
+static PREPARED: OnceLock<Workload> = OnceLock::new();
+
+enum Workload {
+    Wasm(Program, Invocation),
+    Native,
+}
+
+/// Whether a file starting with `head` is something `execve` runs.
+fn is_native_executable(head: &[u8]) -> bool {
+    head.starts_with(b"\x7fELF") || head.starts_with(b"#!")
+}
 
 #[derive(Clone, Default)]
 pub struct WasmExecutor;
 
 impl WasmExecutor {
-    fn prepare(spec: &Spec) -> Result<(Program, Invocation), String> {
+    fn prepare(spec: &Spec) -> Result<Workload, String> {
         let process = WasmProcess::from_spec(spec).map_err(|e| e.to_string())?;
         let entry = &process.entrypoint;
         let path = entry.resolve(&process.cwd, process.path_env(), Path::is_file);
@@ -35,6 +50,19 @@ impl WasmExecutor {
             ),
             _ => format!("cannot read entrypoint {shown}: {e}"),
         })?;
+        if is_native_executable(&bytes) {
+            log::info!("{shown}: a native executable; running it as a Linux container");
+            DefaultExecutor {}
+                .validate(spec)
+                .map_err(|e| e.to_string())?;
+            return Ok(Workload::Native);
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(format!(
+                "{shown} is neither WebAssembly nor a native executable (it starts with {:02x?})",
+                &bytes[..bytes.len().min(8)]
+            ));
+        }
         let engine = Engine::new().map_err(|e| e.to_string())?;
         let program = engine
             .prepare(&shown, &bytes, entry.export.as_deref())
@@ -70,7 +98,7 @@ impl WasmExecutor {
             env: process.env,
             preopens,
         };
-        Ok((program, invocation))
+        Ok(Workload::Wasm(program, invocation))
     }
 }
 
@@ -84,10 +112,12 @@ impl Executor for WasmExecutor {
         Ok(())
     }
 
-    fn exec(&self, _spec: &Spec) -> Result<(), ExecutorError> {
-        let (program, invocation) = PREPARED
-            .get()
-            .ok_or_else(|| ExecutorError::Other("exec called before validate".into()))?;
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        let (program, invocation) = match PREPARED.get() {
+            Some(Workload::Wasm(program, invocation)) => (program, invocation),
+            Some(Workload::Native) => return DefaultExecutor {}.exec(spec),
+            None => return Err(ExecutorError::Other("exec called before validate".into())),
+        };
         let exit = program
             .run(invocation)
             .map_err(|e| ExecutorError::Other(e.to_string()))?;
