@@ -34,6 +34,25 @@ static int echo_lines(int count) {
     return 0;
 }
 
+// Allocates `mb` MiB in 1 MiB chunks and writes to every page, keeping each
+// chunk reachable through a volatile table so nothing can be optimised away.
+static int alloc(int mb) {
+    static char *volatile chunks[4096];
+    for (int i = 0; i < mb && i < 4096; i++) {
+        char *chunk = malloc(1 << 20);
+        if (!chunk) {
+            printf("allocation failed after %d MiB\n", i);
+            return 1;
+        }
+        for (int off = 0; off < (1 << 20); off += 4096) chunk[off] = (char)(i + off);
+        chunks[i] = chunk;
+    }
+    long sum = 0;
+    for (int i = 0; i < mb && i < 4096; i++) sum += chunks[i][4096];
+    printf("allocated %d MiB (checksum %ld)\n", mb, sum);
+    return 0;
+}
+
 static int spin(void) {
     puts("looping");
     fflush(stdout);
@@ -64,6 +83,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "echo") && argc > 2) return echo_lines(atoi(argv[2]));
     if (!strcmp(cmd, "loop")) return spin();
+    if (!strcmp(cmd, "alloc") && argc > 2) return alloc(atoi(argv[2]));
     if (!strcmp(cmd, "tail")) {
         // Output written right before exit, without a trailing newline.
         fputs("last words", stdout);

@@ -385,3 +385,45 @@ fn twenty_containers_in_parallel() {
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     c.assert_clean(&ids);
 }
+
+#[test]
+fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
+    let c = containerd();
+    let mut events = c
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    let id = unique_id("oom");
+    // 64 MiB limit, 300 MiB allocated and touched.
+    let limit = (64u64 << 20).to_string();
+    let out = c.run(
+        &id,
+        IMAGE,
+        &["--memory-limit", &limit],
+        &["/wasitest.wasm", "alloc", "300"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = events.kill();
+    let events = events.wait_with_output().expect("events output");
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert_eq!(out.code, 137, "killed, not finished: {out:?}");
+    assert!(!out.stdout.contains("allocated 300"), "{out:?}");
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
+        "TaskOOM for {id} in:\n{events}"
+    );
+    c.assert_clean(&[&id]);
+
+    // Within the limit the same guest finishes.
+    let out = c.run(
+        &unique_id("fits"),
+        IMAGE,
+        &["--memory-limit", &limit],
+        &["/wasitest.wasm", "alloc", "16"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+}

@@ -19,7 +19,7 @@ use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
 use shim_engine::{Engine, Exit, Invocation, Preopen, Program};
-use shim_image::{filesystem_grants, grant_for, WasmProcess};
+use shim_image::{filesystem_grants, grant_for, memory_limit, WasmProcess};
 
 /// What `validate` prepared for `exec`; both run in the same init process.
 static PREPARED: OnceLock<Workload> = OnceLock::new();
@@ -97,6 +97,7 @@ impl WasmExecutor {
             args: process.args,
             env: process.env,
             preopens,
+            memory_limit: memory_limit(spec),
         };
         Ok(Workload::Wasm(program, invocation))
     }

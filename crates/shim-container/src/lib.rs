@@ -16,6 +16,7 @@
 
 pub mod executor;
 pub mod helper;
+pub mod oom;
 pub mod rootfs;
 
 use std::fs::File;
@@ -157,6 +158,14 @@ impl LinuxContainer {
             container_name: self.id.clone(),
         })
         .map_err(|e| Error::runtime("cannot open the container's cgroup", e))
+    }
+
+    /// Calls `on_oom` whenever the kernel's OOM killer acts in the container's cgroup.
+    pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<(), Error> {
+        let container = self.load()?;
+        let config = YoukiConfig::load(&container.root)
+            .map_err(|e| Error::runtime("cannot load container config", e))?;
+        oom::watch(&config.cgroup_path, on_oom)
     }
 
     /// The host PIDs of every process in the container's cgroup.

@@ -15,7 +15,7 @@ mod wasi;
 
 use log::debug;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Linker, Module, Store};
+use wasmtime::{Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx};
@@ -127,8 +127,9 @@ impl Engine {
                         export,
                     });
                 }
-                let mut linker: Linker<WasiP1Ctx> = Linker::new(&self.inner);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(link)?;
+                let mut linker: Linker<ModuleState> = Linker::new(&self.inner);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state| &mut state.wasi)
+                    .map_err(link)?;
                 let pre = linker.instantiate_pre(&module).map_err(link)?;
                 Compiled::Module { pre, export }
             }
@@ -162,7 +163,7 @@ impl Engine {
 
 enum Compiled {
     Module {
-        pre: wasmtime::InstancePre<WasiP1Ctx>,
+        pre: wasmtime::InstancePre<ModuleState>,
         export: String,
     },
     Component {
@@ -221,7 +222,12 @@ impl Program {
         let mut builder = invocation.builder()?;
         let outcome = match &self.compiled {
             Compiled::Module { pre, export } => {
-                let mut store = Store::new(&self.engine, builder.build_p1());
+                let state = ModuleState {
+                    wasi: builder.build_p1(),
+                    limits: invocation.limits(),
+                };
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|state| &mut state.limits);
                 pre.instantiate(&mut store)
                     .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, export))
                     .and_then(|func| func.call(&mut store, ()))
@@ -230,8 +236,10 @@ impl Program {
                 let state = ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
+                    limits: invocation.limits(),
                 };
                 let mut store = Store::new(&self.engine, state);
+                store.limiter(|state| &mut state.limits);
                 pre.instantiate(&mut store).and_then(|command| {
                     command
                         .wasi_cli_run()
@@ -247,10 +255,30 @@ impl Program {
     }
 }
 
+/// Host state of a core module's store.
+struct ModuleState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
 /// Host state of a component's store.
 struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl Invocation {
+    /// Linear memories may not grow past the container's memory limit: a guest
+    /// that tries gets a failed `memory.grow` (malloc returns NULL) instead of
+    /// pushing the whole process into the kernel's OOM killer.
+    fn limits(&self) -> StoreLimits {
+        let mut limits = StoreLimitsBuilder::new();
+        if let Some(bytes) = self.memory_limit {
+            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+        limits.build()
+    }
 }
 
 impl wasmtime_wasi::WasiView for ComponentState {

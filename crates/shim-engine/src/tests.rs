@@ -132,3 +132,32 @@ fn missing_preopen_directory_is_a_wasi_error() {
         "{err}"
     );
 }
+
+#[test]
+fn memory_growth_stops_at_the_limit() {
+    // Grows memory by `pages` and exits with 1 if memory.grow failed, 0 if it worked.
+    let grow = |pages: u32| {
+        format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (memory (export "memory") 1)
+              (func (export "_start")
+                (call $exit (i32.eq (memory.grow (i32.const {pages})) (i32.const -1)))))"#
+        )
+    };
+    let engine = engine();
+    let limited = Invocation {
+        memory_limit: Some(4 << 20),
+        ..Invocation::default()
+    };
+    // 1 + 32 pages = 2 MiB fits in 4 MiB; 1 + 128 pages = 8.06 MiB does not.
+    let small = engine.prepare("/g.wasm", &wasm(&grow(32)), None).unwrap();
+    assert_eq!(small.run(&limited).unwrap(), Exit::Code(0));
+    let large = engine.prepare("/g.wasm", &wasm(&grow(128)), None).unwrap();
+    assert_eq!(large.run(&limited).unwrap(), Exit::Code(1));
+    assert_eq!(
+        large.run(&Invocation::default()).unwrap(),
+        Exit::Code(0),
+        "no limit, no failure"
+    );
+}

@@ -27,6 +27,8 @@ pub struct Invocation {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
+    /// The most bytes one linear memory may grow to (the container's memory limit).
+    pub memory_limit: Option<u64>,
 }
 
 impl Invocation {

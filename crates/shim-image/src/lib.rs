@@ -130,6 +130,20 @@ impl WasmProcess {
     }
 }
 
+/// The container's memory limit in bytes (`linux.resources.memory.limit`),
+/// if it has one (a negative limit means none).
+pub fn memory_limit(spec: &Spec) -> Option<u64> {
+    let limit = spec
+        .linux()
+        .as_ref()?
+        .resources()
+        .as_ref()?
+        .memory()
+        .as_ref()?
+        .limit()?;
+    u64::try_from(limit).ok()
+}
+
 /// A directory of the container the guest may use, and whether it may write there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {

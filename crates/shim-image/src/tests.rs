@@ -174,3 +174,25 @@ fn writable_mounts_in_a_read_only_root_get_their_own_grant() {
         "prefixes match whole components"
     );
 }
+
+#[test]
+fn memory_limit_comes_from_linux_resources() {
+    use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+    let with_limit = |limit: i64| {
+        let memory = LinuxMemoryBuilder::default().limit(limit).build().unwrap();
+        let resources = LinuxResourcesBuilder::default()
+            .memory(memory)
+            .build()
+            .unwrap();
+        let linux = LinuxBuilder::default()
+            .resources(resources)
+            .build()
+            .unwrap();
+        SpecBuilder::default().linux(linux).build().unwrap()
+    };
+    assert_eq!(memory_limit(&with_limit(64 << 20)), Some(64 << 20));
+    assert_eq!(memory_limit(&with_limit(-1)), None);
+    let mut no_resources = Spec::default();
+    no_resources.set_linux(None);
+    assert_eq!(memory_limit(&no_resources), None);
+}

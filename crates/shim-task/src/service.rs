@@ -17,7 +17,9 @@ use containerd_shim::api::{
     WaitRequest, WaitResponse,
 };
 use containerd_shim::monitor::{Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc;
@@ -289,6 +291,18 @@ impl Task for TaskService {
             pid: pid as u32,
             ..Default::default()
         });
+        let (publisher, oom_id) = (self.publisher.clone(), id.clone());
+        let watched = task.container.watch_oom(move || {
+            log::warn!("container {oom_id}: the kernel's OOM killer acted in its cgroup");
+            publisher.publish(TaskOOM {
+                container_id: oom_id.clone(),
+                ..Default::default()
+            });
+        });
+        if let Err(e) = watched {
+            // The container runs either way; only the OOMKilled reason would be missing.
+            log::warn!("container {id}: {e}");
+        }
         if let Some(code) = early_exit {
             record_exit(&task, &self.publisher, code);
         }
