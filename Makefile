@@ -10,7 +10,7 @@ SHIM := containerd-shim-wasmtime-v1
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins
 
 .PHONY: help build release install deps images demo test unit-test e2e-test fmt lint clean
 
@@ -52,6 +52,13 @@ $(IMAGES)/native-hello: images/native/hello.c
 	@mkdir -p $(IMAGES)
 	gcc -static -O2 -o $@ $<
 
+$(IMAGES)/pause: images/pause/pause.c
+	@mkdir -p $(IMAGES)
+	gcc -static -O2 -o $@ $<
+
+$(IMAGES)/pause.tar: $(IMAGES)/pause $(WASM_OCI)
+	$(WASM_OCI) image --name localhost/wasmtime-shim/pause:latest --entrypoint /pause --file $<:/pause -o $@
+
 $(IMAGES)/%.wasm: images/wat/%.wat $(WASM_OCI)
 	@mkdir -p $(IMAGES)
 	$(WASM_OCI) wat $< -o $@
@@ -82,7 +89,7 @@ $(IMAGES)/hello.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 $(IMAGES)/hello-artifact.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 	$(WASM_OCI) artifact --name localhost/wasmtime-shim/hello-artifact:latest --wasm $< -o $@
 
-images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-artifact.tar
+images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-artifact.tar $(IMAGES)/pause.tar
 
 # --- the README's two commands ----------------------------------------------
 demo: deps build images

@@ -9,6 +9,8 @@
 //! These tests need root and containerd; without them they say so and fail,
 //! so a CI without root cannot pass silently.
 
+pub mod cri;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -326,17 +328,22 @@ impl Drop for Containerd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let dir = self.dir.to_string_lossy().into_owned();
-        for (pid, _) in processes_naming(&dir) {
-            let _ = nix_kill(pid, 9);
-        }
-        let mut mounts = mounts_under(&self.dir);
-        mounts.reverse();
-        for mount in mounts {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        cleanup_dir(&self.dir);
     }
+}
+
+/// Kills every process whose command line names `dir`, unmounts everything
+/// under it, and removes it.
+fn cleanup_dir(dir: &Path) {
+    for (pid, _) in processes_naming(&dir.to_string_lossy()) {
+        let _ = nix_kill(pid, 9);
+    }
+    let mut mounts = mounts_under(dir);
+    mounts.reverse();
+    for mount in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&mount).status();
+    }
+    let _ = fs::remove_dir_all(dir);
 }
 
 fn nix_kill(pid: i32, signal: i32) -> std::io::Result<()> {

@@ -12,6 +12,7 @@
 //! sandboxes (pause) and sidecars share a shim with the wasm containers.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -52,9 +53,16 @@ impl WasmExecutor {
         })?;
         if is_native_executable(&bytes) {
             log::info!("{shown}: a native executable; running it as a Linux container");
-            DefaultExecutor {}
-                .validate(spec)
-                .map_err(|e| e.to_string())?;
+            // Not DefaultExecutor::validate: it insists on PATH even for an
+            // absolute path (pause images set none); the path is resolved already.
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o111 == 0 {
+                return Err(format!(
+                    "{shown} is a native program but not executable (mode {mode:o})"
+                ));
+            }
             return Ok(Workload::Native);
         }
         if !bytes.starts_with(b"\0asm") {

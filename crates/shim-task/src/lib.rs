@@ -47,6 +47,21 @@ pub fn runtime_info() -> Vec<u8> {
     info.write_to_bytes().expect("RuntimeInfo encodes")
 }
 
+/// The annotation containerd's CRI plugin puts on every container of a pod.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod a bundle's container belongs to, if it was created through CRI.
+fn sandbox_id(bundle: &std::path::Path) -> Option<String> {
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok()?;
+    let id = spec
+        .annotations()
+        .as_ref()?
+        .get(SANDBOX_ID_ANNOTATION)?
+        .clone();
+    log::debug!("grouping by pod sandbox {id}");
+    Some(id)
+}
+
 pub struct WasmtimeShim {
     id: String,
     namespace: String,
@@ -74,8 +89,9 @@ impl Shim for WasmtimeShim {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // One shim process per container for now: the socket is keyed by its id.
-        let grouping = opts.id.clone();
+        // One shim per pod: containers of a pod share the socket keyed by the
+        // pod's sandbox id, so `start` returns the pod's running shim.
+        let grouping = sandbox_id(&self.bundle).unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = spawn(opts, &grouping, Vec::new())?;
         write_address(&address)?;
         Ok(address)

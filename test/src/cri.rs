@@ -1,0 +1,419 @@
+//! The kubelet stand-in: a private containerd with its CRI plugin, driven
+//! through the CRI v1 gRPC API (the `k8s-cri` client) exactly as kubelet
+//! drives it.
+//!
+//! [`CriNode::start`] creates a network namespace, writes a bridge CNI
+//! network and a containerd config with the runtime handler `wasmtime` →
+//! `io.containerd.wasmtime.v1` (and `runc`, which the CRI plugin requires),
+//! starts containerd inside the namespace with `nsenter --net` (not
+//! `ip netns exec`, which remounts /sys and hides the cgroups), and imports
+//! the locally built pause and test images. Dropping it removes every pod,
+//! stops containerd, kills anything left that names its directory, unmounts,
+//! and deletes the namespace.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::{images_dir, mounts_under, processes_naming, shim_dir};
+
+pub const HANDLER: &str = "wasmtime";
+pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:latest";
+
+pub struct CriNode {
+    dir: PathBuf,
+    netns: String,
+    containerd: Option<Child>,
+    runtime: tokio::runtime::Runtime,
+    client: Option<RuntimeServiceClient<Channel>>,
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().expect("run command");
+    assert!(status.success(), "{command:?} failed");
+}
+
+impl CriNode {
+    pub fn start() -> Self {
+        crate::require_root_and_containerd();
+        let dir = crate::tempdir();
+        let netns = format!(
+            "wshim-{}",
+            dir.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .rsplit('-')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("-")
+        );
+        run(Command::new("ip").args(["netns", "add", &netns]));
+        let mut node = Self {
+            dir,
+            netns,
+            containerd: None,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio"),
+            client: None,
+        };
+        run(Command::new("ip").args(["-n", &node.netns, "link", "set", "lo", "up"]));
+        node.write_config();
+        let log = fs::File::create(node.dir.join("containerd.log")).expect("containerd log");
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
+            .arg("containerd")
+            .arg("--config")
+            .arg(node.dir.join("config.toml"))
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        node.containerd = Some(child);
+        node.wait_ready();
+        for image in ["pause.tar", "wasm-test.tar"] {
+            node.ctr(&[
+                "images",
+                "import",
+                images_dir().join(image).to_str().unwrap(),
+            ]);
+        }
+        node
+    }
+
+    fn write_config(&self) {
+        let dir = self.dir.display();
+        fs::create_dir_all(self.dir.join("cni")).unwrap();
+        fs::write(
+            self.dir.join("cni/10-wasmtime-test.conflist"),
+            r#"{"cniVersion": "0.4.0", "name": "wasmtime-test", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "loopback"}]}"#,
+        )
+        .unwrap();
+        let config = format!(
+            r#"version = 2
+root = "{dir}/root"
+state = "{dir}/state"
+[grpc]
+  address = "{dir}/containerd.sock"
+[ttrpc]
+  address = "{dir}/containerd.sock.ttrpc"
+[debug]
+  level = "debug"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{dir}/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+"#
+        );
+        fs::write(self.dir.join("config.toml"), config).unwrap();
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("ctr");
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.socket().exists() {
+                let socket = self.socket();
+                let connected = self.runtime.block_on(async {
+                    let channel = Endpoint::try_from("http://[::]:50051")
+                        .ok()?
+                        .connect_with_connector(tower::service_fn(move |_: Uri| {
+                            let socket = socket.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(TokioIo::new(
+                                    tokio::net::UnixStream::connect(socket).await?,
+                                ))
+                            }
+                        }))
+                        .await
+                        .ok()?;
+                    let mut client = RuntimeServiceClient::new(channel);
+                    client.status(StatusRequest { verbose: false }).await.ok()?;
+                    Some(client)
+                });
+                if let Some(client) = connected {
+                    self.client = Some(client);
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.containerd.as_mut().map(Child::try_wait) {
+                panic!("containerd exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the CRI plugin did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn client(&self) -> RuntimeServiceClient<Channel> {
+        self.client.clone().expect("connected")
+    }
+
+    /// Calls the CRI runtime service; panics with the status on error.
+    pub fn call<T, F, Fut>(&self, what: &str, f: F) -> T
+    where
+        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.try_call(f)
+            .unwrap_or_else(|status| panic!("{what}: {status}\n{}", self.log()))
+    }
+
+    pub fn try_call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
+    where
+        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.runtime
+            .block_on(f(self.client()))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A pod sandbox config with the given name, logging under this node's directory.
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let logs = self.dir.join("logs").join(name);
+        fs::create_dir_all(&logs).unwrap();
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_string(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: String::new(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox with the `wasmtime` handler; returns the pod id.
+    pub fn run_pod(&self, config: &PodSandboxConfig) -> String {
+        let request = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: HANDLER.into(),
+        };
+        self.call("RunPodSandbox", |mut c| async move {
+            c.run_pod_sandbox(request).await
+        })
+        .pod_sandbox_id
+    }
+
+    /// A container config for `image` running `command`, logging to `<name>.log`.
+    pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    /// CreateContainer + StartContainer; returns the container id.
+    pub fn start_container(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> String {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self
+            .call("CreateContainer", |mut c| async move {
+                c.create_container(request).await
+            })
+            .container_id;
+        let request = StartContainerRequest {
+            container_id: id.clone(),
+        };
+        self.call("StartContainer", |mut c| async move {
+            c.start_container(request).await
+        });
+        id
+    }
+
+    pub fn container_status(&self, id: &str) -> ContainerStatus {
+        let request = ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        self.call("ContainerStatus", |mut c| async move {
+            c.container_status(request).await
+        })
+        .status
+        .expect("a status")
+    }
+
+    /// Waits until the container has exited and returns its status.
+    pub fn wait_exited(&self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.container_status(id);
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{id} never exited: {status:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop_and_remove_pod(&self, pod: &str) {
+        let id = pod.to_string();
+        self.call("StopPodSandbox", |mut c| async move {
+            c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id })
+                .await
+        });
+        let id = pod.to_string();
+        self.call("RemovePodSandbox", |mut c| async move {
+            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+        });
+    }
+
+    /// The shim processes serving this node, by pid.
+    pub fn shims(&self) -> HashMap<i32, String> {
+        processes_naming(&self.socket().display().to_string())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1"))
+            .collect()
+    }
+
+    /// What this node's pods left behind: mounts, processes, pod network namespaces.
+    pub fn leftovers(&self) -> Vec<String> {
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut found: Vec<String> = mounts_under(&self.dir)
+            .into_iter()
+            .map(|m| format!("mount {m}"))
+            .collect();
+        let containerd = self.containerd.as_ref().map(Child::id);
+        found.extend(
+            processes_naming(&dir)
+                .into_iter()
+                .filter(|(pid, cmd)| Some(*pid as u32) != containerd && !cmd.starts_with("nsenter"))
+                .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
+        );
+        found
+    }
+
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: {left:#?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for CriNode {
+    fn drop(&mut self) {
+        if self.client.is_some() {
+            let pods = self.try_call(|mut c| async move {
+                c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                    .await
+            });
+            for pod in pods.map(|p| p.items).unwrap_or_default() {
+                let id = pod.id.clone();
+                let _ = self.try_call(|mut c| async move {
+                    c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id })
+                        .await
+                });
+                let id = pod.id;
+                let _ = self.try_call(|mut c| async move {
+                    c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                        .await
+                });
+            }
+        }
+        self.client = None;
+        if let Some(mut child) = self.containerd.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        crate::cleanup_dir(&self.dir);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}

@@ -1,0 +1,110 @@
+//! Wasm pods through containerd's CRI plugin, driven as kubelet drives it.
+
+use shim_tests::cri::{CriNode, HANDLER};
+
+const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
+
+#[test]
+fn a_wasm_pod_runs_logs_and_is_torn_down() {
+    let node = CriNode::start();
+    let pod_config = node.pod_config("hello");
+    let pod = node.run_pod(&pod_config);
+    let config = CriNode::container_config("hello", IMAGE, &["/wasitest.wasm", "hello"]);
+    let id = node.start_container(&pod, &pod_config, config);
+    let status = node.wait_exited(&id);
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert_eq!(status.reason, "Completed", "{status:?}");
+    // The CRI log file, in CRI format: "<time> stdout F <line>".
+    let log =
+        std::fs::read_to_string(node.dir().join("logs/hello/hello.log")).expect("CRI log file");
+    assert!(
+        log.lines()
+            .any(|l| l.ends_with(" stdout F hello from wasm")),
+        "CRI log:\n{log}"
+    );
+    // The sandbox (pause, native) and the wasm container share one shim.
+    assert_eq!(
+        node.shims().len(),
+        1,
+        "one shim per pod: {:?}",
+        node.shims()
+    );
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean();
+    assert_eq!(HANDLER, "wasmtime");
+}
+
+#[test]
+fn a_pod_past_its_memory_limit_reports_oomkilled() {
+    let node = CriNode::start();
+    let pod_config = node.pod_config("oom");
+    let pod = node.run_pod(&pod_config);
+    let mut config = CriNode::container_config("oom", IMAGE, &["/wasitest.wasm", "alloc", "300"]);
+    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.start_container(&pod, &pod_config, config);
+    let status = node.wait_exited(&id);
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean();
+}
+
+#[test]
+fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
+    let node = CriNode::start();
+    let pod_config = node.pod_config("mixed");
+    let pod = node.run_pod(&pod_config);
+    let wasm = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("wasm", IMAGE, &["/wasitest.wasm", "loop"]),
+    );
+    let native = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("sidecar", IMAGE, &["/native-hello", "sidecar"]),
+    );
+    let status = node.wait_exited(&native);
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log =
+        std::fs::read_to_string(node.dir().join("logs/mixed/sidecar.log")).expect("sidecar log");
+    assert!(
+        log.contains("stdout F hello from a native binary (2 args)"),
+        "{log}"
+    );
+    let running = node.container_status(&wasm);
+    assert_eq!(
+        running.state,
+        k8s_cri::v1::ContainerState::ContainerRunning as i32,
+        "{running:?}"
+    );
+    // kubectl top: the running wasm container has CPU and memory in its stats.
+    let stats = node.call("ContainerStats", |mut c| {
+        let container_id = wasm.clone();
+        async move {
+            c.container_stats(k8s_cri::v1::ContainerStatsRequest { container_id })
+                .await
+        }
+    });
+    let stats = stats.stats.expect("stats");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value)
+        .unwrap_or(0);
+    assert!(memory > 0, "memory working set: {stats:?}");
+    assert_eq!(
+        node.shims().len(),
+        1,
+        "one shim for the pod: {:?}",
+        node.shims()
+    );
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean();
+}
