@@ -364,6 +364,19 @@ state = "{dir}/state"
         found
     }
 
+    /// Asserts that no cgroup of these containers or pods is left (cgroupfs driver, no parent).
+    pub fn assert_no_cgroups(&self, ids: &[String]) {
+        for id in ids {
+            for controller in ["memory", "pids", "cpu,cpuacct"] {
+                let cgroup = Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join("k8s.io")
+                    .join(id);
+                assert!(!cgroup.exists(), "left behind: {}", cgroup.display());
+            }
+        }
+    }
+
     pub fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -108,3 +108,90 @@ fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
     node.stop_and_remove_pod(&pod);
     node.assert_clean();
 }
+
+#[test]
+fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
+    let node = CriNode::start();
+    let pod_config = node.pod_config("limits");
+    let pod = node.run_pod(&pod_config);
+    let mut config = CriNode::container_config("spin", IMAGE, &["/wasitest.wasm", "loop"]);
+    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.start_container(&pod, &pod_config, config);
+    // CRI with the cgroupfs driver and no parent puts the container at /k8s.io/<id>.
+    let quota = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/cpu,cpuacct/k8s.io/{id}/cpu.cfs_quota_us"
+    ))
+    .or_else(|_| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/k8s.io/{id}/cpu.cfs_quota_us"))
+    })
+    .expect("the container's cpu cgroup");
+    assert_eq!(quota.trim(), "50000");
+    // kubelet's StopContainer: SIGTERM, then SIGKILL after the grace period.
+    // The looping guest stops on SIGTERM, long before the 10 s grace period.
+    let started = std::time::Instant::now();
+    let container_id = id.clone();
+    node.call("StopContainer", |mut c| async move {
+        c.stop_container(k8s_cri::v1::StopContainerRequest {
+            container_id,
+            timeout: 10,
+        })
+        .await
+    });
+    let status = node.wait_exited(&id);
+    assert_eq!(status.exit_code, 143, "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean();
+}
+
+#[test]
+fn twenty_pods_in_parallel_leave_nothing_behind() {
+    let node = CriNode::start();
+    let results: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|n| {
+                let node = &node;
+                s.spawn(move || {
+                    let name = format!("par{n}");
+                    let pod_config = node.pod_config(&name);
+                    let pod = node.run_pod(&pod_config);
+                    let config =
+                        CriNode::container_config(&name, IMAGE, &["/wasitest.wasm", "args", &name]);
+                    let id = node.start_container(&pod, &pod_config, config);
+                    let status = node.wait_exited(&id);
+                    assert_eq!(status.exit_code, 0, "{name}: {status:?}");
+                    let log =
+                        std::fs::read_to_string(node.dir().join(format!("logs/{name}/{name}.log")))
+                            .unwrap_or_default();
+                    node.stop_and_remove_pod(&pod);
+                    (log, vec![pod, id])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("pod thread"))
+            .collect()
+    });
+    for (n, (log, _)) in results.iter().enumerate() {
+        assert!(
+            log.contains(&format!("stdout F argv[2]=par{n}")),
+            "pod {n}: {log}"
+        );
+    }
+    node.assert_clean();
+    let ids: Vec<String> = results.into_iter().flat_map(|(_, ids)| ids).collect();
+    node.assert_no_cgroups(&ids);
+    assert!(node.shims().is_empty(), "{:?}", node.shims());
+}
