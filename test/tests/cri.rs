@@ -195,3 +195,33 @@ fn twenty_pods_in_parallel_leave_nothing_behind() {
     node.assert_no_cgroups(&ids);
     assert!(node.shims().is_empty(), "{:?}", node.shims());
 }
+
+#[test]
+fn a_config_map_style_volume_is_read_by_the_guest() {
+    let node = CriNode::start();
+    // kubelet materialises a configMap as files in a host directory and asks
+    // CRI for a read-only bind mount of it.
+    let volume = node.dir().join("configmap");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("greeting"), "hello from a configMap\n").unwrap();
+    let pod_config = node.pod_config("config");
+    let pod = node.run_pod(&pod_config);
+    let mut config = CriNode::container_config(
+        "reader",
+        IMAGE,
+        &["/wasitest.wasm", "cat", "/etc/config/greeting"],
+    );
+    config.mounts = vec![k8s_cri::v1::Mount {
+        container_path: "/etc/config".into(),
+        host_path: volume.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let id = node.start_container(&pod, &pod_config, config);
+    let status = node.wait_exited(&id);
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = std::fs::read_to_string(node.dir().join("logs/config/reader.log")).unwrap();
+    assert!(log.contains("stdout F hello from a configMap"), "{log}");
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean();
+}
