@@ -12,7 +12,7 @@ CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
 DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins
 
-.PHONY: help build release install deps images demo test unit-test e2e-test fmt lint clean
+.PHONY: help build release install deps images demo test unit-test e2e-test manifest-test fmt lint clean
 
 help:
 	@echo "make demo     run a wasm program through a private containerd with this shim"
@@ -35,6 +35,7 @@ deps:
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
 
 # --- images: the demo and test programs, as OCI image tarballs -------------
 $(WASM_OCI): $(wildcard crates/wasm-image-builder/src/*.rs)
@@ -101,7 +102,12 @@ unit-test:
 e2e-test: build images
 	$(CARGO) test -p shim-tests -- --test-threads=4
 
-test: deps unit-test e2e-test
+# The Kubernetes manifests, checked offline against the Kubernetes schemas.
+MANIFESTS := $(shell find deploy -name '*.yaml' ! -name kustomization.yaml)
+manifest-test:
+	kubernetes-validate --strict $(MANIFESTS)
+
+test: deps unit-test manifest-test e2e-test
 
 fmt:
 	$(CARGO) fmt --all
