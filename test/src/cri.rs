@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
@@ -22,7 +22,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{images_dir, mounts_under, processes_naming, shim_dir};
+use crate::{images_dir, mounts_under, processes_naming};
 
 pub const HANDLER: &str = "wasmtime";
 pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:latest";
@@ -67,22 +67,7 @@ impl CriNode {
         };
         run(Command::new("ip").args(["-n", &node.netns, "link", "set", "lo", "up"]));
         node.write_config();
-        let log = fs::File::create(node.dir.join("containerd.log")).expect("containerd log");
-        let path = format!(
-            "{}:{}",
-            shim_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.netns))
-            .arg("containerd")
-            .arg("--config")
-            .arg(node.dir.join("config.toml"))
-            .env("PATH", path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = crate::spawn_containerd(&node.dir, Some(&node.netns));
         node.containerd = Some(child);
         node.wait_ready();
         for image in ["pause.tar", "wasm-test.tar"] {
@@ -415,14 +400,8 @@ impl Drop for CriNode {
             }
         }
         self.client = None;
-        if let Some(mut child) = self.containerd.take() {
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.containerd.take() {
+            crate::stop_containerd(child);
         }
         crate::cleanup_dir(&self.dir);
         let _ = Command::new("ip")

@@ -114,26 +114,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             dir = dir.display()
         );
         fs::write(dir.join("config.toml"), config).expect("write containerd config");
-        let log = fs::File::create(dir.join("containerd.log")).expect("containerd log");
-        let path = format!(
-            "{}:{}",
-            shim_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .env("PATH", path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let child = spawn_containerd(&dir, None);
         let mut containerd = Self {
             dir,
             child: Some(child),
         };
         containerd.wait_ready();
         containerd
+    }
+
+    /// Stops containerd; its shims and their tasks keep running.
+    pub fn stop_daemon(&mut self) {
+        if let Some(child) = self.child.take() {
+            stop_containerd(child);
+        }
+    }
+
+    /// Starts containerd again on the same root, state and socket.
+    pub fn start_daemon(&mut self) {
+        assert!(self.child.is_none(), "containerd is running");
+        self.child = Some(spawn_containerd(&self.dir, None));
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -319,17 +320,57 @@ impl Drop for Containerd {
         for id in containers.lines().filter(|l| !l.is_empty()) {
             self.ctr(&["containers", "rm", id]);
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = nix_kill(child.id() as i32, 15);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_containerd(child);
         }
         cleanup_dir(&self.dir);
     }
+}
+
+/// Starts `containerd --config <dir>/config.toml` with the shim under test
+/// first on its `PATH`, appending to `<dir>/containerd.log`; inside the network
+/// namespace `netns` if given (with `nsenter --net`: `ip netns exec` would
+/// remount /sys and hide the cgroups).
+fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .expect("containerd log");
+    let path = format!(
+        "{}:{}",
+        shim_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("nsenter");
+            command
+                .arg(format!("--net=/run/netns/{netns}"))
+                .arg("containerd");
+            command
+        }
+        None => Command::new("containerd"),
+    };
+    command
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start containerd")
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn stop_containerd(mut child: Child) {
+    let _ = nix_kill(child.id() as i32, 15);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Kills every process whose command line names `dir`, unmounts everything

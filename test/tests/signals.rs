@@ -104,3 +104,60 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     c.ctr(&["containers", "rm", &id]);
     c.assert_clean(&[&id]);
 }
+
+#[test]
+fn tasks_survive_a_containerd_restart() {
+    let mut c = Containerd::start();
+    c.import("wasm-test.tar");
+    let running = unique_id("survivor");
+    let ended = unique_id("ended");
+    c.run_detached(&running, IMAGE, &["/wasitest.wasm", "loop"]);
+    c.run_detached(&ended, IMAGE, &["/wasitest.wasm", "loop"]);
+    let ended_pid = c.task_pid(&ended).expect("pid");
+    c.stop_daemon();
+    // A guest that ends while containerd is down.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &ended_pid.to_string()])
+        .status();
+    assert!(killed.unwrap().success());
+    std::thread::sleep(Duration::from_millis(200));
+    c.start_daemon();
+    // containerd reconnects to both shims: one task still runs, the other's
+    // exit status was kept by its shim.
+    let tasks = c.ctr(&["task", "ls"]).stdout;
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&running) && l.contains("RUNNING")),
+        "{tasks}"
+    );
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&ended) && l.contains("STOPPED")),
+        "{tasks}"
+    );
+    let status = c.ctr(&["task", "rm", &ended]).stderr;
+    assert!(status.contains("exit code 137"), "{status}");
+    // And the running one is still under control.
+    assert_eq!(c.ctr(&["task", "kill", "-s", "SIGKILL", &running]).code, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c
+        .ctr(&["task", "ls"])
+        .stdout
+        .lines()
+        .any(|l| l.starts_with(&running) && l.contains("STOPPED"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the kill after the restart did not land"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = c.ctr(&["task", "rm", &running]).stderr;
+    assert!(status.contains("exit code 137"), "{status}");
+    for id in [&running, &ended] {
+        c.ctr(&["containers", "rm", id]);
+    }
+    c.assert_clean(&[&running, &ended]);
+}
