@@ -10,7 +10,7 @@ SHIM := containerd-shim-wasmtime-v1
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini
 
 .PHONY: help build release install deps images demo test unit-test e2e-test manifest-test fmt lint clean
 

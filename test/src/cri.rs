@@ -339,11 +339,10 @@ state = "{dir}/state"
             .into_iter()
             .map(|m| format!("mount {m}"))
             .collect();
-        let containerd = self.containerd.as_ref().map(Child::id);
         found.extend(
             processes_naming(&dir)
                 .into_iter()
-                .filter(|(pid, cmd)| Some(*pid as u32) != containerd && !cmd.starts_with("nsenter"))
+                .filter(|(_, cmd)| !crate::is_daemon(cmd))
                 .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
         );
         found

@@ -267,7 +267,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         found.extend(
             processes_naming(&dir)
                 .into_iter()
-                .filter(|(pid, _)| Some(*pid as u32) != self.child.as_ref().map(Child::id))
+                .filter(|(_, cmd)| !is_daemon(cmd))
                 .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
         );
         for id in ids {
@@ -331,6 +331,11 @@ impl Drop for Containerd {
 /// first on its `PATH`, appending to `<dir>/containerd.log`; inside the network
 /// namespace `netns` if given (with `nsenter --net`: `ip netns exec` would
 /// remount /sys and hide the cgroups).
+///
+/// containerd runs under `tini -s`, a child subreaper that reaps orphans, as
+/// PID 1 does on a real node. PID 1 of the build machines reaps nothing, so a
+/// guest orphaned by a killed shim would otherwise stay a zombie, and an
+/// unreaped zombie keeps its cgroup v1 directory from being removed.
 fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
@@ -345,14 +350,13 @@ fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
     let mut command = match netns {
         Some(netns) => {
             let mut command = Command::new("nsenter");
-            command
-                .arg(format!("--net=/run/netns/{netns}"))
-                .arg("containerd");
+            command.arg(format!("--net=/run/netns/{netns}")).arg("tini");
             command
         }
-        None => Command::new("containerd"),
+        None => Command::new("tini"),
     };
     command
+        .args(["-s", "--", "containerd"])
         .arg("--config")
         .arg(dir.join("config.toml"))
         .env("PATH", path)
@@ -371,6 +375,11 @@ fn stop_containerd(mut child: Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Whether a command line is containerd itself or the tini above it.
+fn is_daemon(cmdline: &str) -> bool {
+    cmdline.starts_with("containerd --config") || cmdline.starts_with("tini -s")
 }
 
 /// Kills every process whose command line names `dir`, unmounts everything

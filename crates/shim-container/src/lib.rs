@@ -199,7 +199,26 @@ pub fn cleanup(bundle: &Path, id: &str) -> Result<(), Error> {
     state
 }
 
+/// How long cleanup keeps trying: SIGKILLed processes take a moment to die
+/// and be reaped (by the shim, or by init after a shim crash), and a cgroup v1
+/// directory cannot be removed before they are; libcontainer alone retries
+/// for about a second, which a loaded node can outlast.
+const CLEANUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) fn cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + CLEANUP_PATIENCE;
+    loop {
+        match try_cleanup_state(bundle, id) {
+            Err(e) if std::time::Instant::now() < deadline => {
+                log::debug!("container {id}: cleanup not done yet ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn try_cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
     let root = state_root(bundle);
     let dir = root.join(id);
     if dir.exists() {
@@ -232,9 +251,14 @@ fn remove_spec_cgroup(bundle: &Path, id: &str) -> Result<(), Error> {
         return Ok(());
     };
     let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
+    // containerd writes cgroupfs paths absolute ("/k8s.io/<id>") and systemd
+    // ones as "slice:prefix:name"; with no state left, the shape tells which.
+    let systemd_cgroup = cgroup_path
+        .to_str()
+        .is_some_and(|p| !p.starts_with('/') && p.split(':').count() == 3);
     let manager = create_cgroup_manager(CgroupConfig {
         cgroup_path,
-        systemd_cgroup: false,
+        systemd_cgroup,
         container_name: id.to_string(),
     })
     .map_err(|e| Error::runtime("cannot open the container's cgroup", e))?;

@@ -20,8 +20,10 @@ use containerd_shim::monitor::{Subject, Topic};
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
@@ -98,6 +100,33 @@ pub struct TaskService {
 
 fn ts(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(Timestamp::from(at))
+}
+
+/// Whether the runtime options containerd passes with CreateTask (the
+/// `options` table of the runtime in containerd's config, encoded as runc's
+/// `containerd.runc.v1.Options`) ask for the systemd cgroup driver, as runc
+/// reads `SystemdCgroup`.
+fn systemd_cgroup(options: &MessageField<Any>) -> Result<bool, String> {
+    let Some(any) = options.as_ref() else {
+        return Ok(false);
+    };
+    if !any.type_url.ends_with("containerd.runc.v1.Options") {
+        return Err(format!(
+            "unsupported runtime options type {:?} (expected containerd.runc.v1.Options)",
+            any.type_url
+        ));
+    }
+    let options = RuncOptions::parse_from_bytes(&any.value)
+        .map_err(|e| format!("malformed runtime options: {e}"))?;
+    log::debug!(
+        "cgroup driver from runtime options: {}",
+        if options.systemd_cgroup {
+            "systemd"
+        } else {
+            "cgroupfs"
+        }
+    );
+    Ok(options.systemd_cgroup)
 }
 
 fn reject_exec(id: &str, exec_id: &str) -> Result<(), TaskError> {
@@ -248,7 +277,12 @@ impl Task for TaskService {
                 .collect(),
             stdout: fifo(&req.stdout),
             stderr: fifo(&req.stderr),
-            systemd_cgroup: false,
+            systemd_cgroup: systemd_cgroup(&req.options).map_err(|reason| {
+                TaskError::InvalidArgument {
+                    id: id.clone(),
+                    reason,
+                }
+            })?,
             debug: self.debug,
         };
         let container = LinuxContainer::create(&request, guest_stdin).map_err(|source| {
@@ -522,5 +556,39 @@ impl Task for TaskService {
             operation: "resize_pty",
         }
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(systemd: bool) -> MessageField<Any> {
+        let options = RuncOptions {
+            systemd_cgroup: systemd,
+            ..Default::default()
+        };
+        MessageField::some(Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: options.write_to_bytes().unwrap(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn systemd_cgroup_is_read_from_runc_options() {
+        assert_eq!(systemd_cgroup(&MessageField::none()), Ok(false));
+        assert_eq!(systemd_cgroup(&options(false)), Ok(false));
+        assert_eq!(systemd_cgroup(&options(true)), Ok(true));
+        let mut other = options(true);
+        other.as_mut().unwrap().type_url = "example.Options".into();
+        assert!(systemd_cgroup(&other)
+            .unwrap_err()
+            .contains("unsupported runtime options type"));
+        let mut broken = options(true);
+        broken.as_mut().unwrap().value = vec![0xff, 0xff];
+        assert!(systemd_cgroup(&broken)
+            .unwrap_err()
+            .contains("malformed runtime options"));
     }
 }
