@@ -22,7 +22,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{images_dir, mounts_under, processes_naming};
+use crate::{images_dir, processes_naming};
 
 pub const HANDLER: &str = "wasmtime";
 pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:latest";
@@ -332,49 +332,21 @@ state = "{dir}/state"
             .collect()
     }
 
-    /// What this node's pods left behind: mounts, processes, pod network namespaces.
-    pub fn leftovers(&self) -> Vec<String> {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mut found: Vec<String> = mounts_under(&self.dir)
-            .into_iter()
-            .map(|m| format!("mount {m}"))
-            .collect();
-        found.extend(
-            processes_naming(&dir)
-                .into_iter()
-                .filter(|(_, cmd)| !crate::is_daemon(cmd))
-                .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
-        );
+    /// What this node's pods left behind: mounts and processes, and the
+    /// cgroups of the pods and containers in `ids`.
+    pub fn leftovers(&self, ids: &[String]) -> Vec<String> {
+        let mut found = crate::left_under(&self.dir);
+        found.extend(crate::cgroups_left("k8s.io", ids));
         found
     }
 
-    /// Asserts that no cgroup of these containers or pods is left (cgroupfs driver, no parent).
-    pub fn assert_no_cgroups(&self, ids: &[String]) {
-        for id in ids {
-            for controller in ["memory", "pids", "cpu,cpuacct"] {
-                let cgroup = Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join("k8s.io")
-                    .join(id);
-                assert!(!cgroup.exists(), "left behind: {}", cgroup.display());
-            }
-        }
-    }
-
-    pub fn assert_clean(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = self.leftovers();
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "left behind: {left:#?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// Asserts that nothing of this node's pods (and of `ids`) is left.
+    pub fn assert_clean(&self, ids: &[String]) {
+        crate::wait_until_clean(
+            Duration::from_secs(10),
+            || self.leftovers(ids),
+            || self.log(),
+        );
     }
 }
 

@@ -257,29 +257,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// Everything this containerd's containers could have left behind on the
-    /// host: mounts under its directory, processes naming it, cgroups of `ids`.
+    /// host: mounts under its directory, processes naming it, cgroups and
+    /// bundles of `ids`.
     pub fn leftovers(&self, ids: &[&str]) -> Vec<String> {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mut found: Vec<String> = mounts_under(&self.dir)
-            .into_iter()
-            .map(|m| format!("mount {m}"))
-            .collect();
-        found.extend(
-            processes_naming(&dir)
-                .into_iter()
-                .filter(|(_, cmd)| !is_daemon(cmd))
-                .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
-        );
+        let mut found = left_under(&self.dir);
+        found.extend(cgroups_left(NAMESPACE, ids));
         for id in ids {
-            for controller in ["memory", "pids", "cpu", "unified"] {
-                let cgroup = Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join(NAMESPACE)
-                    .join(id);
-                if cgroup.exists() {
-                    found.push(format!("cgroup {}", cgroup.display()));
-                }
-            }
             let bundle = self
                 .dir
                 .join("state/io.containerd.runtime.v2.task")
@@ -294,17 +277,67 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Asserts that nothing of `ids` is left, giving the shim a moment to exit.
     pub fn assert_clean(&self, ids: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let left = self.leftovers(ids);
-            if left.is_empty() {
-                return;
+        wait_until_clean(
+            Duration::from_secs(5),
+            || self.leftovers(ids),
+            || self.log(),
+        );
+    }
+}
+
+/// Mounts under `dir`, and processes (other than containerd and its tini)
+/// whose command line names it: shims, helpers and guests all do.
+fn left_under(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = mounts_under(dir)
+        .into_iter()
+        .map(|m| format!("mount {m}"))
+        .collect();
+    found.extend(
+        processes_naming(&dir.to_string_lossy())
+            .into_iter()
+            .filter(|(_, cmd)| !is_daemon(cmd))
+            .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
+    );
+    found
+}
+
+/// The cgroup directories left of `ids` under the cgroupfs parent `parent`
+/// (containerd puts a container at `/<namespace>/<id>` when no parent is set).
+fn cgroups_left(parent: &str, ids: &[impl AsRef<str>]) -> Vec<String> {
+    let mut found = Vec::new();
+    for id in ids {
+        for controller in ["memory", "pids", "cpu,cpuacct", "unified"] {
+            let cgroup = Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(parent)
+                .join(id.as_ref());
+            if cgroup.exists() {
+                found.push(format!("cgroup {}", cgroup.display()));
             }
-            if Instant::now() > deadline {
-                panic!("left behind: {left:#?}\ncontainerd log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    found
+}
+
+/// Polls `leftovers` until it is empty; panics after `patience` with what is
+/// left and containerd's `log`.
+fn wait_until_clean(
+    patience: Duration,
+    leftovers: impl Fn() -> Vec<String>,
+    log: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let left = leftovers();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left:#?}\ncontainerd log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

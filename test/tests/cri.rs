@@ -30,7 +30,7 @@ fn a_wasm_pod_runs_logs_and_is_torn_down() {
         node.shims()
     );
     node.stop_and_remove_pod(&pod);
-    node.assert_clean();
+    node.assert_clean(&[pod, id]);
     assert_eq!(HANDLER, "wasmtime");
 }
 
@@ -52,7 +52,7 @@ fn a_pod_past_its_memory_limit_reports_oomkilled() {
     assert_eq!(status.exit_code, 137, "{status:?}");
     assert_eq!(status.reason, "OOMKilled", "{status:?}");
     node.stop_and_remove_pod(&pod);
-    node.assert_clean();
+    node.assert_clean(&[pod, id]);
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
         node.shims()
     );
     node.stop_and_remove_pod(&pod);
-    node.assert_clean();
+    node.assert_clean(&[pod, wasm, native]);
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
         started.elapsed()
     );
     node.stop_and_remove_pod(&pod);
-    node.assert_clean();
+    node.assert_clean(&[pod, id]);
 }
 
 #[test]
@@ -190,9 +190,8 @@ fn twenty_pods_in_parallel_leave_nothing_behind() {
             "pod {n}: {log}"
         );
     }
-    node.assert_clean();
     let ids: Vec<String> = results.into_iter().flat_map(|(_, ids)| ids).collect();
-    node.assert_no_cgroups(&ids);
+    node.assert_clean(&ids);
     assert!(node.shims().is_empty(), "{:?}", node.shims());
 }
 
@@ -223,5 +222,5 @@ fn a_config_map_style_volume_is_read_by_the_guest() {
     let log = std::fs::read_to_string(node.dir().join("logs/config/reader.log")).unwrap();
     assert!(log.contains("stdout F hello from a configMap"), "{log}");
     node.stop_and_remove_pod(&pod);
-    node.assert_clean();
+    node.assert_clean(&[pod, id]);
 }
