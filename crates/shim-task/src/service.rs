@@ -250,6 +250,11 @@ impl Task for TaskService {
             }
             .into());
         }
+        let systemd_cgroup =
+            systemd_cgroup(&req.options).map_err(|reason| TaskError::InvalidArgument {
+                id: id.clone(),
+                reason,
+            })?;
         let fifo = |path: &str| (!path.is_empty()).then(|| PathBuf::from(path));
         let (stdin, guest_stdin) = match fifo(&req.stdin) {
             Some(path) => {
@@ -277,12 +282,7 @@ impl Task for TaskService {
                 .collect(),
             stdout: fifo(&req.stdout),
             stderr: fifo(&req.stderr),
-            systemd_cgroup: systemd_cgroup(&req.options).map_err(|reason| {
-                TaskError::InvalidArgument {
-                    id: id.clone(),
-                    reason,
-                }
-            })?,
+            systemd_cgroup,
             debug: self.debug,
         };
         let container = LinuxContainer::create(&request, guest_stdin).map_err(|source| {
