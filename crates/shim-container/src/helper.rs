@@ -112,6 +112,7 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
             eprintln!("no shim log: {e}");
         }
     }
+    adapt_spec(&request.bundle)?;
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let result = build(request);
     if result.is_err() {
@@ -130,6 +131,50 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
         }
     }
     result
+}
+
+/// Works around libcontainer 0.7's cgroup v1 mount for a container that joins
+/// its pod's PID namespace (`shareProcessNamespace: true`). To mount
+/// /sys/fs/cgroup it reads `/proc/<pid>/cgroup` with the container's pid from
+/// inside that namespace while /proc is still the host's: the path names some
+/// other host process (the wrong cgroup is exposed) or none (create fails with
+/// "failed to prepare rootfs"). Such a container gets no cgroup mount, an
+/// empty /sys/fs/cgroup, rather than a wrong one. Containers with their own
+/// PID namespace (Kubernetes' default) and cgroup v2 hosts are untouched.
+fn adapt_spec(bundle: &Path) -> Result<(), String> {
+    use libcgroups::common::{get_cgroup_setup, CgroupSetup};
+    use oci_spec::runtime::{LinuxNamespaceType, Spec};
+    let path = bundle.join("config.json");
+    let mut spec = Spec::load(&path).map_err(|e| format!("cannot read the runtime spec: {e}"))?;
+    let joins_pid_namespace = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .is_some_and(|namespaces| {
+            namespaces
+                .iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_some())
+        });
+    if !joins_pid_namespace || matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified)) {
+        return Ok(());
+    }
+    let Some(mounts) = spec.mounts().clone() else {
+        return Ok(());
+    };
+    let (cgroup, kept): (Vec<_>, Vec<_>) = mounts
+        .into_iter()
+        .partition(|m| m.typ().as_deref() == Some("cgroup"));
+    if cgroup.is_empty() {
+        return Ok(());
+    }
+    log::info!(
+        "the container shares its pod's PID namespace on cgroup v1: no /sys/fs/cgroup mount"
+    );
+    spec.set_mounts(Some(kept));
+    let staged = bundle.join(".config.json.wasmtime");
+    spec.save(&staged)
+        .and_then(|()| std::fs::rename(&staged, &path).map_err(Into::into))
+        .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
 }
 
 /// Reaps the helper's exited children, waiting up to two seconds for those
