@@ -70,7 +70,7 @@ impl CriNode {
         let child = crate::spawn_containerd(&node.dir, Some(&node.netns));
         node.containerd = Some(child);
         node.wait_ready();
-        for image in ["pause.tar", "wasm-test.tar"] {
+        for image in ["pause.tar", "wasm-test.tar", "hello-http.tar"] {
             node.ctr(&[
                 "images",
                 "import",
@@ -113,6 +113,8 @@ state = "{dir}/state"
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
       runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmtime.containerd.io/*"]
+      container_annotations = ["wasmtime.containerd.io/*"]
 "#
         );
         fs::write(self.dir.join("config.toml"), config).unwrap();
@@ -224,6 +226,10 @@ state = "{dir}/state"
             log_directory: logs.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: String::new(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(own_pid_namespace()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -255,7 +261,13 @@ state = "{dir}/state"
             }),
             command: command.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig::default()),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(own_pid_namespace()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -324,6 +336,61 @@ state = "{dir}/state"
         });
     }
 
+    /// The pod's IP on the node's bridge network.
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let pod_sandbox_id = pod.to_string();
+        let status = self.call("PodSandboxStatus", |mut c| async move {
+            c.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id,
+                verbose: false,
+            })
+            .await
+        });
+        status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .expect("the pod has an IP")
+    }
+
+    /// `curl` from inside the node's network namespace, where the pod IPs
+    /// are: starts it and returns the child (see [`http_response`]).
+    pub fn http_request(&self, url: &str) -> Child {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                url,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl")
+    }
+
+    /// GET `url` from inside the node: (status, body); status 0 if nothing answered.
+    pub fn http_get(&self, url: &str) -> (u16, String) {
+        http_response(self.http_request(url))
+    }
+
+    /// GETs `url` until something answers (the server is up), at most 30 s.
+    pub fn wait_http(&self, url: &str) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.http_get(url);
+            if status != 0 || Instant::now() > deadline {
+                return (status, body);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The shim processes serving this node, by pid.
     pub fn shims(&self) -> HashMap<i32, String> {
         processes_naming(&self.socket().display().to_string())
@@ -348,6 +415,44 @@ state = "{dir}/state"
             || self.log(),
         );
     }
+}
+
+/// What kubelet asks for unless a pod sets `shareProcessNamespace`: every
+/// container in its own PID namespace (the CRI default, POD, shares one).
+fn own_pid_namespace() -> NamespaceOption {
+    NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    }
+}
+
+/// Makes `pod` and `container` share the pod's PID namespace
+/// (`shareProcessNamespace: true`).
+pub fn share_pid_namespace(pod: &mut PodSandboxConfig, containers: &mut [&mut ContainerConfig]) {
+    let shared = || NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    if let Some(context) = pod.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        context.namespace_options = Some(shared());
+    }
+    for container in containers {
+        if let Some(context) = container
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            context.namespace_options = Some(shared());
+        }
+    }
+}
+
+/// Waits for a [`CriNode::http_request`]: (status, body), status 0 if nothing answered.
+pub fn http_response(curl: Child) -> (u16, String) {
+    let output = curl.wait_with_output().expect("curl");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    (status.trim().parse().unwrap_or(0), body.to_string())
 }
 
 impl Drop for CriNode {

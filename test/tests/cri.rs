@@ -1,8 +1,11 @@
 //! Wasm pods through containerd's CRI plugin, driven as kubelet drives it.
 
-use shim_tests::cri::{CriNode, HANDLER};
+use std::time::{Duration, Instant};
+
+use shim_tests::cri::{http_response, share_pid_namespace, CriNode, HANDLER};
 
 const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
+const HTTP_IMAGE: &str = "localhost/wasmtime-shim/hello-http:latest";
 
 #[test]
 fn a_wasm_pod_runs_logs_and_is_torn_down() {
@@ -223,4 +226,130 @@ fn a_config_map_style_volume_is_read_by_the_guest() {
     assert!(log.contains("stdout F hello from a configMap"), "{log}");
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[pod, id]);
+}
+
+#[test]
+fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
+    let node = CriNode::start();
+    let pod_config = node.pod_config("web");
+    let pod = node.run_pod(&pod_config);
+    let ip = node.pod_ip(&pod);
+    let web = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("web", HTTP_IMAGE, &[]),
+    );
+    // The default port, 8080, at the pod's IP.
+    let (status, body) = node.wait_http(&format!("http://{ip}:8080/hello?n=1"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from wasm at /hello?n=1\n"),
+        "{}",
+        node.log()
+    );
+    // A request whose guest traps gets a 500; the next one is served again.
+    assert_eq!(node.http_get(&format!("http://{ip}:8080/trap")).0, 500);
+    assert_eq!(node.http_get(&format!("http://{ip}:8080/again")).0, 200);
+
+    // A second server in the same pod (one network namespace) on its own port.
+    let mut second = CriNode::container_config("second", HTTP_IMAGE, &[]);
+    second.envs = vec![k8s_cri::v1::KeyValue {
+        key: "PORT".into(),
+        value: "8081".into(),
+    }];
+    let second = node.start_container(&pod, &pod_config, second);
+    let (status, body) = node.wait_http(&format!("http://{ip}:8081/second"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from wasm at /second\n")
+    );
+
+    // A third on the taken default port fails to start, and says why.
+    let request = k8s_cri::v1::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(CriNode::container_config("clash", HTTP_IMAGE, &[])),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let clash = node
+        .call("CreateContainer", |mut c| async move {
+            c.create_container(request).await
+        })
+        .container_id;
+    let container_id = clash.clone();
+    let err = node
+        .try_call(|mut c| async move {
+            c.start_container(k8s_cri::v1::StartContainerRequest { container_id })
+                .await
+        })
+        .expect_err("a second server on port 8080");
+    assert!(
+        err.message()
+            .contains("cannot listen for HTTP on port 8080"),
+        "{err:?}\n{}",
+        node.log()
+    );
+
+    // StopContainer while a slow request is in flight: the server stops
+    // accepting, answers it, and exits 0 well within the grace period.
+    let slow = node.http_request(&format!("http://{ip}:8080/slow"));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let container_id = web.clone();
+    node.call("StopContainer", |mut c| async move {
+        c.stop_container(k8s_cri::v1::StopContainerRequest {
+            container_id,
+            timeout: 10,
+        })
+        .await
+    });
+    let stopped_after = started.elapsed();
+    let (status, body) = http_response(slow);
+    assert_eq!((status, body.as_str()), (200, "hello from wasm at /slow\n"));
+    let exited = node.wait_exited(&web);
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (0, "Completed"));
+    assert!(stopped_after < Duration::from_secs(5), "{stopped_after:?}");
+    assert_eq!(node.http_get(&format!("http://{ip}:8080/")).0, 0);
+
+    let log = std::fs::read_to_string(node.dir().join("logs/web/web.log")).unwrap();
+    assert!(log.contains("stdout F served /hello?n=1"), "{log}");
+    assert!(log.contains("stdout F served /slow"), "{log}");
+    assert!(log.contains("/trap: the guest failed"), "{log}");
+
+    // A pod annotation sets the port for the pod's servers.
+    let mut annotated = node.pod_config("annotated");
+    annotated
+        .annotations
+        .insert("wasmtime.containerd.io/http-port".into(), "9000".into());
+    let pod2 = node.run_pod(&annotated);
+    let ip2 = node.pod_ip(&pod2);
+    let web2 = node.start_container(
+        &pod2,
+        &annotated,
+        CriNode::container_config("web", HTTP_IMAGE, &[]),
+    );
+    assert_eq!(node.wait_http(&format!("http://{ip2}:9000/")).0, 200);
+
+    node.stop_and_remove_pod(&pod);
+    node.stop_and_remove_pod(&pod2);
+    node.assert_clean(&[pod, pod2, web, second, clash, web2]);
+}
+
+#[test]
+fn a_pod_sharing_its_pid_namespace_runs_all_its_containers() {
+    let node = CriNode::start();
+    let mut pod_config = node.pod_config("shared");
+    let mut configs: Vec<_> = (0..4)
+        .map(|n| CriNode::container_config(&format!("c{n}"), IMAGE, &["/wasitest.wasm", "hello"]))
+        .collect();
+    share_pid_namespace(&mut pod_config, &mut configs.iter_mut().collect::<Vec<_>>());
+    let pod = node.run_pod(&pod_config);
+    let mut ids = vec![pod.clone()];
+    for config in configs {
+        let id = node.start_container(&pod, &pod_config, config);
+        let status = node.wait_exited(&id);
+        assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+        ids.push(id);
+    }
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&ids);
 }

@@ -7,11 +7,16 @@
 //! containerd from `create`. `exec` runs the prepared program after `start`
 //! and ends the process with the guest's exit status.
 //!
+//! A `wasi:http/incoming-handler` component serves HTTP: `validate` binds its
+//! port in the container's network namespace (so a taken port fails `create`)
+//! and `exec` serves until SIGTERM, then drains.
+//!
 //! An entrypoint that is a native executable (ELF, or a `#!` script) runs as
 //! an ordinary Linux container through libcontainer's default executor: pod
 //! sandboxes (pause) and sidecars share a shim with the wasm containers.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -27,6 +32,7 @@ static PREPARED: OnceLock<Workload> = OnceLock::new();
 
 enum Workload {
     Wasm(Program, Invocation),
+    Http(Program, Invocation, TcpListener),
     Native,
 }
 
@@ -75,14 +81,7 @@ impl WasmExecutor {
         let program = engine
             .prepare(&shown, &bytes, entry.export.as_deref())
             .map_err(|e| e.to_string())?;
-        log::info!(
-            "{shown}: the header says {}",
-            match program.kind() {
-                shim_engine::Kind::Module => "core module; running it with WASI preview 1",
-                shim_engine::Kind::Component =>
-                    "component; running its wasi:cli/run export with WASI 0.2",
-            }
-        );
+        log::info!("{shown}: {}", program.describe());
         let grants = filesystem_grants(spec);
         // File bind mounts cannot be preopened; the directory they sit in governs them.
         let mut preopens: Vec<Preopen> = grants
@@ -101,41 +100,79 @@ impl WasmExecutor {
                 read_only: grant_for(&grants, &process.cwd).read_only,
             });
         }
+        let port = match program.serves_http() {
+            true => Some(
+                process
+                    .http_port(spec, shim_engine::http::DEFAULT_PORT)
+                    .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
         let invocation = Invocation {
             args: process.args,
             env: process.env,
             preopens,
             memory_limit: memory_limit(spec),
         };
-        Ok(Workload::Wasm(program, invocation))
+        match port {
+            Some(port) => Ok(Workload::Http(program, invocation, listen(port)?)),
+            None => Ok(Workload::Wasm(program, invocation)),
+        }
     }
+}
+
+/// Listens on `port` on every address of the container's network namespace:
+/// IPv6 and IPv4 where the namespace has IPv6, IPv4 alone where it has not.
+fn listen(port: u16) -> Result<TcpListener, String> {
+    TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .map_err(|e| format!("cannot listen for HTTP on port {port}: {e}"))
 }
 
 impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         let prepared = Self::prepare(spec).map_err(ExecutorValidationError::ArgValidationError)?;
-        let _ = PREPARED.set(prepared);
         // Before start: a SIGTERM sent right after start must not find the
-        // process without a handler (it would be dropped, see below).
-        install_termination_handlers();
+        // process without a handler (it would be dropped, see below). An HTTP
+        // server handles it itself (it drains); until its handlers are in
+        // place the signal waits, blocked.
+        match prepared {
+            Workload::Http(..) => block_termination_signals(),
+            Workload::Wasm(..) => install_termination_handlers(),
+            Workload::Native => {}
+        }
+        let _ = PREPARED.set(prepared);
         Ok(())
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        let (program, invocation) = match PREPARED.get() {
-            Some(Workload::Wasm(program, invocation)) => (program, invocation),
+        let exit = match PREPARED.get() {
+            Some(Workload::Wasm(program, invocation)) => program.run(invocation),
+            Some(Workload::Http(program, invocation, listener)) => listener
+                .try_clone()
+                .map_err(|e| shim_engine::Error::Wasi(format!("the HTTP socket: {e}")))
+                .and_then(|listener| program.serve(invocation, listener)),
             Some(Workload::Native) => return DefaultExecutor {}.exec(spec),
             None => return Err(ExecutorError::Other("exec called before validate".into())),
-        };
-        let exit = program
-            .run(invocation)
-            .map_err(|e| ExecutorError::Other(e.to_string()))?;
+        }
+        .map_err(|e| ExecutorError::Other(e.to_string()))?;
         let _ = std::io::stdout().flush();
         if let Exit::Trap(message) | Exit::Failed(message) = &exit {
             let _ = writeln!(std::io::stderr(), "{message}");
             log::error!("the guest failed (exit status {}): {message}", exit.code());
         }
         std::process::exit(exit.code());
+    }
+}
+
+fn block_termination_signals() {
+    // SAFETY: plain signal-mask manipulation of this single-threaded process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -2,23 +2,28 @@
 //!
 //! The shim hands this crate the bytes of an entrypoint and a WASI invocation
 //! (argv, env, preopened directories). It decides whether the bytes are a core
-//! module (WASI preview 1) or a component (WASI 0.2 `wasi:cli/run`) by parsing
-//! the binary header, compiles them, checks every import against the WASI host
-//! *before* the container starts (so a bad binary fails `create`, not `start`),
-//! and later runs the program to an exit code.
+//! module (WASI preview 1) or a component (WASI 0.2) by parsing the binary
+//! header, compiles them, checks every import against the WASI host *before*
+//! the container starts (so a bad binary fails `create`, not `start`), and
+//! later runs the program to an exit code. A component is a command when it
+//! exports `wasi:cli/run` and an HTTP server when it exports
+//! `wasi:http/incoming-handler` (see [`http`]).
 //!
 //! Exit codes follow the conventions of `wasmtime run` on Unix:
 //! `proc_exit(n)` gives `n`, a normal return gives 0, a trap gives
 //! [`TRAP_EXIT_CODE`] (128 + SIGABRT) and any other runtime failure gives 1.
 
+pub mod http;
 mod wasi;
 
-use log::debug;
+use log::{debug, warn};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView};
 
 pub use wasi::{Invocation, Preopen};
 
@@ -53,7 +58,8 @@ pub enum Error {
 pub enum Kind {
     /// A core module, run with WASI preview 1.
     Module,
-    /// A component, run as a WASI 0.2 `wasi:cli/run` command.
+    /// A component: a WASI 0.2 `wasi:cli/run` command or a
+    /// `wasi:http/incoming-handler` server.
     Component,
 }
 
@@ -91,7 +97,19 @@ impl Engine {
         // Traps print wasm backtraces with function names: that is what a user
         // debugging a crashed container needs to see in its log.
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
-        let inner = wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        // Instances come from a pre-reserved pool: an HTTP server instantiates
+        // its component once per request, and that must cost microseconds.
+        // The pool is only address space until an instance touches it.
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool()));
+        let inner = match wasmtime::Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // A host that refuses the reservation (e.g. `ulimit -v`) still runs guests.
+                warn!("the pooling allocator is unavailable ({e:#}); allocating on demand");
+                config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
+                wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?
+            }
+        };
         Ok(Self { inner })
     }
 
@@ -139,19 +157,46 @@ impl Engine {
                         path: path.to_string(),
                         reason: format!(
                             "`#{export}` selects a core module export; a component runs its \
-                             `wasi:cli/run` export"
+                             `wasi:cli/run` or `wasi:http/incoming-handler` export"
                         ),
                     });
                 }
                 let component = Component::new(&self.inner, bytes).map_err(invalid)?;
+                let exports: Vec<String> = component
+                    .component_type()
+                    .exports(&self.inner)
+                    .map(|(name, _)| name.to_string())
+                    .collect();
+                let exports_interface = |interface: &str| {
+                    exports
+                        .iter()
+                        .any(|name| name.split('@').next() == Some(interface))
+                };
                 let mut linker = wasmtime::component::Linker::<ComponentState>::new(&self.inner);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
-                let pre = linker.instantiate_pre(&component).map_err(link)?;
-                let pre = CommandPre::new(pre).map_err(|e| Error::Unsupported {
-                    path: path.to_string(),
-                    reason: format!("the component does not export `wasi:cli/run`: {e:#}"),
-                })?;
-                Compiled::Component { pre }
+                if exports_interface("wasi:cli/run") {
+                    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link)?;
+                    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+                        .map_err(link)?;
+                    let pre = linker.instantiate_pre(&component).map_err(link)?;
+                    let pre = CommandPre::new(pre).map_err(link)?;
+                    Compiled::Command { pre }
+                } else if exports_interface("wasi:http/incoming-handler") {
+                    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+                    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                        .map_err(link)?;
+                    let pre = linker.instantiate_pre(&component).map_err(link)?;
+                    let pre = ProxyPre::new(pre).map_err(link)?;
+                    Compiled::Http { pre }
+                } else {
+                    return Err(Error::Unsupported {
+                        path: path.to_string(),
+                        reason: format!(
+                            "the component exports neither `wasi:cli/run` (a command) nor \
+                             `wasi:http/incoming-handler` (an HTTP server); it exports [{}]",
+                            exports.join(", ")
+                        ),
+                    });
+                }
             }
         };
         Ok(Program {
@@ -166,8 +211,11 @@ enum Compiled {
         pre: wasmtime::InstancePre<ModuleState>,
         export: String,
     },
-    Component {
+    Command {
         pre: CommandPre<ComponentState>,
+    },
+    Http {
+        pre: ProxyPre<ComponentState>,
     },
 }
 
@@ -213,7 +261,25 @@ impl Program {
     pub fn kind(&self) -> Kind {
         match self.compiled {
             Compiled::Module { .. } => Kind::Module,
-            Compiled::Component { .. } => Kind::Component,
+            Compiled::Command { .. } | Compiled::Http { .. } => Kind::Component,
+        }
+    }
+
+    /// Whether this is a `wasi:http/incoming-handler` component, to be run
+    /// with [`Program::serve`] rather than [`Program::run`].
+    pub fn serves_http(&self) -> bool {
+        matches!(self.compiled, Compiled::Http { .. })
+    }
+
+    /// What the program is and how it runs, for the log.
+    pub fn describe(&self) -> &'static str {
+        match self.compiled {
+            Compiled::Module { .. } => "core module; running it with WASI preview 1",
+            Compiled::Command { .. } => "component; running its wasi:cli/run export with WASI 0.2",
+            Compiled::Http { .. } => {
+                "component exporting wasi:http/incoming-handler; serving HTTP, \
+                 one instance per request"
+            }
         }
     }
 
@@ -232,12 +298,8 @@ impl Program {
                     .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, export))
                     .and_then(|func| func.call(&mut store, ()))
             }
-            Compiled::Component { pre } => {
-                let state = ComponentState {
-                    ctx: builder.build(),
-                    table: ResourceTable::new(),
-                    limits: invocation.limits(),
-                };
+            Compiled::Command { pre } => {
+                let state = ComponentState::new(builder.build(), invocation);
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limits);
                 pre.instantiate(&mut store).and_then(|command| {
@@ -246,6 +308,11 @@ impl Program {
                         .call_run(&mut store)?
                         .map_err(|()| wasmtime::Error::new(I32Exit(FAILURE_EXIT_CODE)))
                 })
+            }
+            Compiled::Http { .. } => {
+                return Err(Error::Wasi(
+                    "an HTTP component is served, not run to completion".into(),
+                ))
             }
         };
         Ok(match outcome {
@@ -261,11 +328,34 @@ struct ModuleState {
     limits: StoreLimits,
 }
 
-/// Host state of a component's store.
+/// Host state of a component's store (one per command, one per HTTP request).
 struct ComponentState {
     ctx: WasiCtx,
+    http: WasiHttpCtx,
     table: ResourceTable,
     limits: StoreLimits,
+}
+
+impl ComponentState {
+    fn new(ctx: WasiCtx, invocation: &Invocation) -> Self {
+        Self {
+            ctx,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: invocation.limits(),
+        }
+    }
+}
+
+/// The instance pool. wasmtime's defaults (1000 instances, memories, tables
+/// and stacks, 4 GiB per memory) are address space, not memory; tables get
+/// room for the function tables of large language runtimes.
+fn pool() -> wasmtime::PoolingAllocationConfig {
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.max_tables_per_module(8)
+        .max_memories_per_module(4)
+        .table_elements(200_000);
+    pool
 }
 
 impl Invocation {
@@ -286,6 +376,16 @@ impl wasmtime_wasi::WasiView for ComponentState {
         wasmtime_wasi::WasiCtxView {
             ctx: &mut self.ctx,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for ComponentState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
         }
     }
 }

@@ -26,7 +26,15 @@ pub enum SpecError {
     RelativeCwd(String),
     #[error("entrypoint {0:?} has an empty `#export` name")]
     EmptyExport(String),
+    #[error("{origin} {value:?} is not a TCP port (1-65535)")]
+    BadPort { origin: String, value: String },
 }
+
+/// The annotation (pod or container) that sets an HTTP component's port.
+pub const HTTP_PORT_ANNOTATION: &str = "wasmtime.containerd.io/http-port";
+/// The environment variable that sets it for one container (Knative and Cloud
+/// Run set it to the container's declared port); it wins over the annotation.
+pub const HTTP_PORT_ENV: &str = "PORT";
 
 /// The entrypoint named by `process.args[0]`: a path and an optional export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +127,28 @@ impl WasmProcess {
             env,
             cwd,
         })
+    }
+
+    /// The port an HTTP component serves on: `PORT` from the environment, else
+    /// the [`HTTP_PORT_ANNOTATION`], else `default`.
+    pub fn http_port(&self, spec: &Spec, default: u16) -> Result<u16, SpecError> {
+        let env = self.env.iter().rev().find(|(k, _)| k == HTTP_PORT_ENV);
+        let annotation = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(HTTP_PORT_ANNOTATION));
+        let (origin, value) = match (env, annotation) {
+            (Some((_, value)), _) => (format!("env {HTTP_PORT_ENV}"), value),
+            (None, Some(value)) => (format!("annotation {HTTP_PORT_ANNOTATION}"), value),
+            (None, None) => return Ok(default),
+        };
+        match value.trim().parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(SpecError::BadPort {
+                origin,
+                value: value.clone(),
+            }),
+        }
     }
 
     /// The value of `PATH` in the guest's environment, if set.

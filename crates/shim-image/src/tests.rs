@@ -196,3 +196,31 @@ fn memory_limit_comes_from_linux_resources() {
     no_resources.set_linux(None);
     assert_eq!(memory_limit(&no_resources), None);
 }
+
+#[test]
+fn http_port_comes_from_env_then_annotation_then_default() {
+    let annotated = |env: &[&str], port: Option<&str>| {
+        let mut spec = spec(&["/app.wasm"], env, "/", false);
+        if let Some(port) = port {
+            let annotations = [(HTTP_PORT_ANNOTATION.to_string(), port.to_string())];
+            spec.set_annotations(Some(annotations.into_iter().collect()));
+        }
+        let process = WasmProcess::from_spec(&spec).unwrap();
+        process.http_port(&spec, 8080)
+    };
+    assert_eq!(annotated(&[], None), Ok(8080));
+    assert_eq!(annotated(&[], Some("9000")), Ok(9000));
+    assert_eq!(annotated(&["PORT=3000"], Some("9000")), Ok(3000));
+    assert_eq!(
+        annotated(&["PORT=http"], None),
+        Err(SpecError::BadPort {
+            origin: "env PORT".into(),
+            value: "http".into()
+        })
+    );
+    let err = annotated(&[], Some("0")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "annotation wasmtime.containerd.io/http-port \"0\" is not a TCP port (1-65535)"
+    );
+}

@@ -6,7 +6,7 @@
 //! wasm-oci image     --name REF [--platform linux/amd64|wasip1/wasm] [--entrypoint PATH]...
 //!                    [--env K=V]... --file SRC:DEST... -o OUT.tar
 //! wasm-oci artifact  --name REF --wasm FILE -o OUT.tar
-//! wasm-oci componentize CORE.wasm -o COMPONENT.wasm
+//! wasm-oci componentize CORE.wasm [--wit DIR --world WORLD] [--adapter command|proxy] -o COMPONENT.wasm
 //! wasm-oci wat TEXT.wat -o MODULE.wasm
 //! ```
 //!
@@ -14,6 +14,11 @@
 //! entrypoint in the image config. `artifact` is the CNCF TAG-Runtime wasm
 //! OCI artifact: config `application/vnd.wasm.config.v0+json`, one
 //! `application/wasm` layer. Output is byte-for-byte reproducible.
+//!
+//! `componentize` wraps a preview-1 core module into a WASI 0.2 component.
+//! A module that calls component-model interfaces directly (the HTTP test
+//! guest) names the WIT world it was written against with `--wit`/`--world`;
+//! that world is embedded before encoding, as wit-bindgen would have done.
 
 mod layout;
 
@@ -26,7 +31,7 @@ use serde_json::json;
 const USAGE: &str = "usage:
   wasm-oci image --name REF [--platform OS/ARCH] [--entrypoint ARG]... [--env K=V]... --file SRC:DEST... -o OUT.tar
   wasm-oci artifact --name REF --wasm FILE -o OUT.tar
-  wasm-oci componentize CORE.wasm -o COMPONENT.wasm
+  wasm-oci componentize CORE.wasm [--wit DIR --world WORLD] [--adapter command|proxy] -o COMPONENT.wasm
   wasm-oci wat TEXT.wat -o MODULE.wasm";
 
 #[derive(Default)]
@@ -37,6 +42,9 @@ struct Options {
     env: Vec<String>,
     files: Vec<(PathBuf, String)>,
     wasm: Option<PathBuf>,
+    wit: Option<PathBuf>,
+    world: Option<String>,
+    adapter: Option<String>,
     output: Option<PathBuf>,
     positional: Vec<String>,
 }
@@ -56,6 +64,9 @@ fn parse(args: &[String]) -> Result<Options> {
             "--entrypoint" => options.entrypoint.push(value()?),
             "--env" => options.env.push(value()?),
             "--wasm" => options.wasm = Some(value()?.into()),
+            "--wit" => options.wit = Some(value()?.into()),
+            "--world" => options.world = Some(value()?),
+            "--adapter" => options.adapter = Some(value()?),
             "-o" | "--output" => options.output = Some(value()?.into()),
             "--file" => {
                 let spec = value()?;
@@ -87,7 +98,7 @@ fn main() -> Result<()> {
                 .first()
                 .context("componentize needs CORE.wasm")?;
             let core = std::fs::read(input).with_context(|| format!("reading {input}"))?;
-            std::fs::write(&output, componentize(&core)?)
+            std::fs::write(&output, componentize(core, &options)?)
                 .with_context(|| format!("writing {}", output.display()))
         }
         "wat" => {
@@ -149,15 +160,45 @@ fn artifact(options: &Options) -> Result<ImageLayout> {
 }
 
 /// Wraps a WASI preview 1 core module into a WASI 0.2 component with the
-/// preview-1 adapter shipped for this wasmtime version.
-fn componentize(core: &[u8]) -> Result<Vec<u8>> {
-    let adapter = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
+/// preview-1 adapter shipped for this wasmtime version (the `command` adapter
+/// for programs with `_start`, the `proxy` one for HTTP handlers).
+fn componentize(mut core: Vec<u8>, options: &Options) -> Result<Vec<u8>> {
+    use wasi_preview1_component_adapter_provider as adapters;
+    let adapter = match options.adapter.as_deref().unwrap_or("command") {
+        "command" => adapters::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        "proxy" => adapters::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
+        other => bail!("unknown adapter {other:?} (command or proxy)"),
+    };
+    match (&options.wit, &options.world) {
+        (Some(dir), Some(world)) => embed_world(&mut core, dir, world)?,
+        (None, None) => {}
+        _ => bail!("--wit and --world go together"),
+    }
     wit_component::ComponentEncoder::default()
-        .module(core)
+        .module(&core)
         .context("the module cannot be componentized")?
-        .adapter("wasi_snapshot_preview1", adapter)
+        .adapter(adapters::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter)
         .context("the preview-1 adapter was rejected")?
         .validate(true)
         .encode()
         .context("encoding the component")
+}
+
+/// Appends the `component-type` section describing `world` (from the WIT
+/// package in `dir`, with its `deps/`) to a core module.
+fn embed_world(core: &mut Vec<u8>, dir: &std::path::Path, world: &str) -> Result<()> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_dir(dir)
+        .with_context(|| format!("reading WIT from {}", dir.display()))?;
+    let world = resolve
+        .select_world(&[package], Some(world))
+        .with_context(|| format!("no world {world} in {}", dir.display()))?;
+    wit_component::embed_component_metadata(
+        core,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+        false,
+    )
 }
