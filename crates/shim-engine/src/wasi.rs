@@ -3,6 +3,11 @@
 //! Stdio is inherited from the process: the container runtime has already put
 //! containerd's fifos on fds 0, 1 and 2, so the guest writes straight into them
 //! and nothing is buffered in the shim when it exits.
+//!
+//! The network is the container's: the process already sits in the network
+//! namespace the spec names (the pod's), so WASI sockets (TCP, UDP, name
+//! lookup through the container's /etc/resolv.conf) and outgoing wasi:http
+//! reach exactly what a native container in that namespace would.
 
 use std::path::PathBuf;
 
@@ -38,6 +43,10 @@ impl Invocation {
             .args(&self.args)
             .envs(&self.env)
             .inherit_stdio()
+            .inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true)
             // The guest owns this process: blocking the current thread on
             // filesystem calls is cheaper than handing them to a thread pool.
             .allow_blocking_current_thread(true);
