@@ -12,11 +12,12 @@ CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
 DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini curl
 
-.PHONY: help build release install deps images demo test unit-test e2e-test manifest-test fmt lint clean
+.PHONY: help build release install deps images demo test unit-test e2e-test manifest-test bench fmt lint clean
 
 help:
 	@echo "make demo     run a wasm program through a private containerd with this shim"
 	@echo "make test     unit tests + end-to-end tests against a real containerd (root)"
+	@echo "make bench    start latency and memory vs runc, one run (report in target/bench/)"
 	@echo "make build | release | install | images | deps | fmt | lint"
 
 build:
@@ -125,6 +126,11 @@ manifest-test:
 	kubernetes-validate --strict $(MANIFESTS)
 
 test: deps unit-test manifest-test e2e-test
+
+# Numbers, not pass/fail, so not part of `make test`. The harness is a debug
+# build; the shim it measures is the release build.
+bench: deps build release images
+	SHIM_DIR=$(CURDIR)/target/release target/debug/bench
 
 fmt:
 	$(CARGO) fmt --all

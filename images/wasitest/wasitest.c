@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int cat(const char *path) {
     FILE *f = fopen(path, "r");
@@ -83,6 +84,11 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "echo") && argc > 2) return echo_lines(atoi(argv[2]));
     if (!strcmp(cmd, "loop")) return spin();
+    if (!strcmp(cmd, "sleep")) {
+        // An idle service: the memory benchmark's resident guest.
+        sleep(argc > 2 ? (unsigned)atoi(argv[2]) : 3600);
+        return 0;
+    }
     if (!strcmp(cmd, "alloc") && argc > 2) return alloc(atoi(argv[2]));
     if (!strcmp(cmd, "tail")) {
         // Output written right before exit, without a trailing newline.

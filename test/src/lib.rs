@@ -97,6 +97,11 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Self {
+        Self::start_logging("debug")
+    }
+
+    /// A private containerd logging at `level` (benchmarks use "info").
+    pub fn start_logging(level: &str) -> Self {
         require_root_and_containerd();
         let dir = tempdir();
         let config = format!(
@@ -109,7 +114,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "{dir}/containerd.sock.ttrpc"
 [debug]
-  level = "debug"
+  level = "{level}"
 "#,
             dir = dir.display()
         );

@@ -77,10 +77,20 @@ impl WasmExecutor {
                 &bytes[..bytes.len().min(8)]
             ));
         }
+        // One malloc arena: the compiler's worker threads would otherwise each
+        // keep an arena of their own (megabytes, for the container's lifetime)
+        // that malloc_trim below cannot give back.
+        // SAFETY: mallopt only tunes the allocator; no thread has allocated yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
         let engine = Engine::new().map_err(|e| e.to_string())?;
         let program = engine
             .prepare(&shown, &bytes, entry.export.as_deref())
             .map_err(|e| e.to_string())?;
+        drop(bytes);
+        // The compiler's scratch memory is free now but still held by the
+        // allocator's arenas; hand it back before the guest runs for hours.
+        // SAFETY: malloc_trim only releases free heap pages.
+        unsafe { libc::malloc_trim(0) };
         log::info!("{shown}: {}", program.describe());
         let grants = filesystem_grants(spec);
         // File bind mounts cannot be preopened; the directory they sit in governs them.
