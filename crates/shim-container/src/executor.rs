@@ -147,7 +147,7 @@ impl Executor for WasmExecutor {
         // server handles it itself (it drains); until its handlers are in
         // place the signal waits, blocked.
         match prepared {
-            Workload::Http(..) => block_termination_signals(),
+            Workload::Http(..) => shim_engine::http::hold_termination_signals(),
             Workload::Wasm(..) => install_termination_handlers(),
             Workload::Native => {}
         }
@@ -172,17 +172,6 @@ impl Executor for WasmExecutor {
             log::error!("the guest failed (exit status {}): {message}", exit.code());
         }
         std::process::exit(exit.code());
-    }
-}
-
-fn block_termination_signals() {
-    // SAFETY: plain signal-mask manipulation of this single-threaded process.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -42,9 +42,9 @@ impl Program {
     /// Serves this `wasi:http/incoming-handler` component on `listener` until
     /// SIGTERM or SIGINT, then drains (see the module docs) and returns exit 0.
     ///
-    /// The caller may keep SIGTERM and SIGINT blocked until this runs: they
-    /// are unblocked once the server's handlers are in place, so a stop that
-    /// arrives early is delivered then, not lost.
+    /// The caller may hold SIGTERM and SIGINT with [`hold_termination_signals`]
+    /// until this runs: they are unblocked once the server's handlers are in
+    /// place, so a stop that arrives early is delivered then, not lost.
     pub fn serve(
         &self,
         invocation: &Invocation,
@@ -124,15 +124,26 @@ async fn accept_until_stopped(
     Ok(())
 }
 
-/// The server handlers are registered with tokio; a stop may now be delivered.
+/// Holds SIGTERM and SIGINT pending in the calling thread (and the threads it
+/// starts) until [`Program::serve`] has its handlers in place: a stop that
+/// arrives before then waits instead of being lost. Call before start.
+pub fn hold_termination_signals() {
+    termination_signal_mask(libc::SIG_BLOCK);
+}
+
+/// The server's handlers are registered with tokio; a stop may now be delivered.
 fn unblock_termination_signals() {
+    termination_signal_mask(libc::SIG_UNBLOCK);
+}
+
+fn termination_signal_mask(how: libc::c_int) {
     // SAFETY: plain signal-mask manipulation of the calling thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
