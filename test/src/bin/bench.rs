@@ -4,7 +4,11 @@
 //!
 //! 1. Start: `ctr run --rm` of the hello wasm image vs `ctr run --rm` of a
 //!    static hello binary under runc (`BENCH_RUNS` pairs, default 20).
-//! 2. Memory: PSS of the shim processes and everything under them with K idle
+//! 2. Task throughput: `BENCH_TASKS` (default 500) short tasks created,
+//!    started, waited and deleted through containerd (`ctr run --rm`), with
+//!    1, 2 and 8 at a time, all in one pod (a pause sandbox holds the pod's
+//!    shim, as under kubelet): hello wasm vs the static hello under runc.
+//! 3. Memory: PSS of the shim processes and everything under them with K idle
 //!    containers running (`BENCH_COUNTS`, default 1,10,100), each in its own
 //!    shim ("separate", as `ctr run` does) and all in one shim ("one pod",
 //!    grouped by the CRI sandbox-id annotation as kubelet's pods are): a
@@ -73,19 +77,21 @@ fn spread(values: &[f64]) -> Spread {
 
 /// One `ctr run --rm` to completion, in milliseconds.
 fn timed_run(containerd: &Containerd, side: Side) -> f64 {
+    timed_run_in(containerd, side, None)
+}
+
+/// [`timed_run`] in the pod `pod` (its sandbox-id annotation), if given.
+fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
     let id = unique_id("bench-start");
-    let args: Vec<&str> = match side {
-        Side::Wasm => vec!["run", "--rm", "--runtime", RUNTIME, HELLO, &id],
-        Side::Runc => vec![
-            "run",
-            "--rm",
-            "--runtime",
-            RUNC,
-            TEST_IMAGE,
-            &id,
-            "/native-hello",
-        ],
-    };
+    let annotation = pod.map(|pod| format!("{SANDBOX_ANNOTATION}={pod}"));
+    let mut args = vec!["run", "--rm"];
+    if let Some(annotation) = &annotation {
+        args.extend(["--annotation", annotation]);
+    }
+    match side {
+        Side::Wasm => args.extend(["--runtime", RUNTIME, HELLO, &id]),
+        Side::Runc => args.extend(["--runtime", RUNC, TEST_IMAGE, &id, "/native-hello"]),
+    }
     let started = Instant::now();
     let out = containerd.ctr(&args);
     let elapsed = started.elapsed();
@@ -177,6 +183,57 @@ fn resident_pss(containerd: &Containerd, side: Side, count: usize, one_pod: bool
     kib as f64 / 1024.0
 }
 
+/// Tasks per second for `tasks` runs, `parallelism` at a time, in one pod.
+fn throughput(containerd: &Containerd, side: Side, tasks: usize, parallelism: usize) -> f64 {
+    let pod = unique_id("bench-pod");
+    let sandbox = unique_id("bench-sandbox");
+    let annotation = format!("{SANDBOX_ANNOTATION}={pod}");
+    let runtime = match side {
+        Side::Wasm => RUNTIME,
+        Side::Runc => RUNC,
+    };
+    let out = containerd.ctr(&[
+        "run",
+        "-d",
+        "--annotation",
+        &annotation,
+        "--runtime",
+        runtime,
+        PAUSE,
+        &sandbox,
+    ]);
+    assert_eq!(out.code, 0, "the pod's sandbox: {out:?}");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..parallelism {
+            scope.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < tasks {
+                    timed_run_in(containerd, side, Some(&pod));
+                }
+            });
+        }
+    });
+    let rate = tasks as f64 / started.elapsed().as_secs_f64();
+    containerd.ctr(&["task", "kill", "-s", "SIGKILL", &sandbox]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while containerd.ctr(&["task", "delete", &sandbox]).code != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    containerd.ctr(&["container", "delete", &sandbox]);
+    eprintln!(
+        "  {:<16} {tasks} tasks, {parallelism} at a time: {rate:.1}/s",
+        side.name()
+    );
+    rate
+}
+
+struct ThroughputRow {
+    parallelism: usize,
+    wasm: f64,
+    runc: f64,
+}
+
 struct MemoryRow {
     count: usize,
     one_pod: bool,
@@ -186,6 +243,7 @@ struct MemoryRow {
 
 fn main() {
     let runs: usize = env_or("BENCH_RUNS", 20);
+    let tasks: usize = env_or("BENCH_TASKS", 500);
     let counts: Vec<usize> = std::env::var("BENCH_COUNTS")
         .unwrap_or_else(|_| "1,10,100".into())
         .split(',')
@@ -207,6 +265,18 @@ fn main() {
     }
     let (wasm_start, runc_start) = (spread(&wasm), spread(&runc));
 
+    eprintln!("throughput: {tasks} tasks in one pod");
+    let mut rates = Vec::new();
+    for parallelism in [1, 2, 8] {
+        let wasm = throughput(&containerd, Side::Wasm, tasks, parallelism);
+        let runc = throughput(&containerd, Side::Runc, tasks, parallelism);
+        rates.push(ThroughputRow {
+            parallelism,
+            wasm,
+            runc,
+        });
+    }
+
     eprintln!("memory: idle containers, PSS of shims and their children");
     let mut memory = Vec::new();
     for &count in &counts {
@@ -223,7 +293,7 @@ fn main() {
     }
     drop(containerd);
 
-    let report = report(runs, &wasm_start, &runc_start, &memory);
+    let report = report(runs, &wasm_start, &runc_start, tasks, &rates, &memory);
     let out = shim_tests::workspace().join("target/bench");
     fs::create_dir_all(&out).expect("target/bench");
     fs::write(out.join("report.md"), &report).expect("write the report");
@@ -236,7 +306,14 @@ fn main() {
     println!("(written to {0}/report.md and {0}/plot.svg)", out.display());
 }
 
-fn report(runs: usize, wasm: &Spread, runc: &Spread, memory: &[MemoryRow]) -> String {
+fn report(
+    runs: usize,
+    wasm: &Spread,
+    runc: &Spread,
+    tasks: usize,
+    rates: &[ThroughputRow],
+    memory: &[MemoryRow],
+) -> String {
     let mut r = String::new();
     let _ = writeln!(
         r,
@@ -261,7 +338,23 @@ fn report(runs: usize, wasm: &Spread, runc: &Spread, memory: &[MemoryRow]) -> St
     );
     let _ = writeln!(
         r,
-        "### Memory: PSS of the shims and everything under them, idle containers\n"
+        "### Throughput: {tasks} tasks (`ctr run --rm`) in one pod, tasks per second\n"
+    );
+    let _ = writeln!(r, "| at a time | wasm | runc | wasm / runc |");
+    let _ = writeln!(r, "|---|---|---|---|");
+    for row in rates {
+        let _ = writeln!(
+            r,
+            "| {} | {:.1} | {:.1} | **{:.2}** |",
+            row.parallelism,
+            row.wasm,
+            row.runc,
+            row.wasm / row.runc
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\n### Memory: PSS of the shims and everything under them, idle containers\n"
     );
     let _ = writeln!(
         r,
