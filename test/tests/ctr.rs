@@ -387,6 +387,55 @@ fn twenty_containers_in_parallel() {
 }
 
 #[test]
+fn tasks_of_one_pod_come_and_go_through_its_running_shim() {
+    // As under kubelet: a sandbox holds the pod's shim; containers of the pod
+    // (same sandbox-id annotation) start, exit and are removed through it.
+    let c = containerd();
+    c.import("pause.tar");
+    let pod = unique_id("pod");
+    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let sandbox = unique_id("sandbox");
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--annotation",
+        &annotation,
+        "--runtime",
+        shim_tests::RUNTIME,
+        "localhost/wasmtime-shim/pause:latest",
+        &sandbox,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let shims = || {
+        shim_tests::processes_naming(&c.socket().display().to_string())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1"))
+            .count()
+    };
+    let mut ids = vec![sandbox.clone()];
+    for n in 0..30 {
+        let id = unique_id(&format!("task{n}"));
+        let out = c.run(
+            &id,
+            IMAGE,
+            &["--annotation", &annotation],
+            &["/wasitest.wasm", "hello"],
+        );
+        assert_eq!(out.code, 0, "task {n}: {out:?}");
+        assert_eq!(shims(), 1, "task {n}: one shim for the pod");
+        ids.push(id);
+    }
+    c.ctr(&["task", "kill", "-s", "SIGKILL", &sandbox]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.ctr(&["task", "delete", &sandbox]).code != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    c.ctr(&["container", "delete", &sandbox]);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    c.assert_clean(&ids);
+}
+
+#[test]
 fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
     let c = containerd();
     let mut events = c

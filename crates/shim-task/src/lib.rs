@@ -92,6 +92,19 @@ impl Shim for WasmtimeShim {
         // One shim per pod: containers of a pod share the socket keyed by the
         // pod's sandbox id, so `start` returns the pod's running shim.
         let grouping = sandbox_id(&self.bundle).unwrap_or_else(|| opts.id.clone());
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        // The pod's shim is serving: hand containerd its address without
+        // spawning. (containerd-shim's `spawn` would start a second server that
+        // exits at once; when its SIGCHLD lands after this process has dropped
+        // its signal pipe, the handler's write fails with EPIPE, the SIGPIPE
+        // handler writes again, and `start` spins forever: containerd hangs.)
+        let serving = address
+            .strip_prefix("unix://")
+            .is_some_and(|path| std::os::unix::net::UnixStream::connect(path).is_ok());
+        if serving {
+            write_address(&address)?;
+            return Ok(address);
+        }
         let (_pid, address) = spawn(opts, &grouping, Vec::new())?;
         write_address(&address)?;
         Ok(address)
