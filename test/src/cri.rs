@@ -22,7 +22,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{images_dir, processes_naming};
+use crate::images_dir;
 
 pub const HANDLER: &str = "wasmtime";
 pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:latest";
@@ -393,10 +393,7 @@ state = "{dir}/state"
 
     /// The shim processes serving this node, by pid.
     pub fn shims(&self) -> HashMap<i32, String> {
-        processes_naming(&self.socket().display().to_string())
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1"))
-            .collect()
+        crate::wasmtime_shims(&self.socket())
     }
 
     /// What this node's pods left behind: mounts and processes, and the

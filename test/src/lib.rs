@@ -11,6 +11,7 @@
 
 pub mod cri;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -247,6 +248,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         argv.extend(args);
         let out = self.ctr(&argv);
         assert_eq!(out.code, 0, "ctr run -d {id}: {out:?}");
+    }
+
+    /// SIGKILLs the task `id`, deletes it once it has exited (waiting up to
+    /// 10 s), and deletes the container.
+    pub fn remove(&self, id: &str) {
+        self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ctr(&["task", "delete", id]).code != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.ctr(&["container", "delete", id]);
+    }
+
+    /// The wasmtime shim processes serving this containerd, by pid.
+    pub fn shims(&self) -> HashMap<i32, String> {
+        wasmtime_shims(&self.socket())
     }
 
     /// The host PID of a task (`ctr task ls`).
@@ -489,6 +506,14 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
         }
     }
     found
+}
+
+/// The wasmtime shim processes of the containerd listening on `socket`, by pid.
+fn wasmtime_shims(socket: &Path) -> HashMap<i32, String> {
+    processes_naming(&socket.display().to_string())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1"))
+        .collect()
 }
 
 /// A container id unique to this test process.

@@ -12,9 +12,10 @@ fn a_killed_shim_is_cleaned_up_by_containerd() {
     c.import("wasm-test.tar");
     let id = unique_id("orphan");
     c.run_detached(&id, IMAGE, &["/wasitest.wasm", "loop"]);
-    let shims: Vec<i32> = shim_tests::processes_naming(&c.socket().display().to_string())
+    let shims: Vec<i32> = c
+        .shims()
         .into_iter()
-        .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1") && cmd.contains(&id))
+        .filter(|(_, cmd)| cmd.contains(&id))
         .map(|(pid, _)| pid)
         .collect();
     assert_eq!(shims.len(), 1, "one shim for {id}");

@@ -110,13 +110,11 @@ impl WasmExecutor {
                 read_only: grant_for(&grants, &process.cwd).read_only,
             });
         }
-        let port = match program.serves_http() {
-            true => Some(
-                process
-                    .http_port(spec, shim_engine::http::DEFAULT_PORT)
-                    .map_err(|e| e.to_string())?,
-            ),
-            false => None,
+        let port = if program.serves_http() {
+            let port = process.http_port(spec, shim_engine::http::DEFAULT_PORT);
+            Some(port.map_err(|e| e.to_string())?)
+        } else {
+            None
         };
         let invocation = Invocation {
             args: process.args,

@@ -165,14 +165,7 @@ fn resident_pss(containerd: &Containerd, side: Side, count: usize, one_pod: bool
     std::thread::sleep(Duration::from_secs(2));
     let (kib, processes) = shim_tree_pss_kib(containerd);
     for id in &ids {
-        containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-    }
-    for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while containerd.ctr(&["task", "delete", id]).code != 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        containerd.ctr(&["container", "delete", id]);
+        containerd.remove(id);
     }
     eprintln!(
         "  {:<16} {count:>3} {:<9} {processes:>4} processes, {:.1} MiB PSS",
@@ -215,12 +208,7 @@ fn throughput(containerd: &Containerd, side: Side, tasks: usize, parallelism: us
         }
     });
     let rate = tasks as f64 / started.elapsed().as_secs_f64();
-    containerd.ctr(&["task", "kill", "-s", "SIGKILL", &sandbox]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while containerd.ctr(&["task", "delete", &sandbox]).code != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    containerd.ctr(&["container", "delete", &sandbox]);
+    containerd.remove(&sandbox);
     eprintln!(
         "  {:<16} {tasks} tasks, {parallelism} at a time: {rate:.1}/s",
         side.name()
