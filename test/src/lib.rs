@@ -415,6 +415,8 @@ fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
         .arg("--config")
         .arg(dir.join("config.toml"))
         .env("PATH", path)
+        // The node's code cache, private to this containerd.
+        .env("WASMTIME_SHIM_CACHE_DIR", dir.join("cache"))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

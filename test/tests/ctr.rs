@@ -465,3 +465,51 @@ fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
     );
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+#[test]
+fn the_node_cache_compiles_a_guest_once_and_never_loads_a_changed_artifact() {
+    let c = containerd();
+    let count = |needle: &str| c.log().matches(needle).count();
+    for (guest, output) in [
+        ("/wasitest.wasm", "hello from wasm\n"),
+        // A component's code is mapped through /proc/self/fd inside the container.
+        ("/wasitest.component.wasm", "hello from wasm\n"),
+    ] {
+        for _ in 0..2 {
+            let out = c.run(&unique_id("cache"), IMAGE, &[], &[guest]);
+            assert_eq!((out.code, out.stdout.as_str()), (0, output), "{out:?}");
+        }
+        let compiled = format!("{guest}: compiled into the node's cache");
+        let mapped = format!("{guest}: code mapped from the node's cache");
+        assert_eq!((count(&compiled), count(&mapped)), (1, 1), "{}", c.log());
+    }
+    // The cache is the shim's alone: root's, written once, read-only.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let code = c.dir().join("cache/code");
+    let dir = std::fs::metadata(&code).unwrap();
+    assert_eq!((dir.uid(), dir.mode() & 0o777), (0, 0o700));
+    let artifacts: Vec<_> = std::fs::read_dir(&code)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 2, "{artifacts:?}");
+    for artifact in &artifacts {
+        let meta = std::fs::metadata(artifact).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o400));
+        // Someone changes the native code: it must never run.
+        let mut bytes = std::fs::read(artifact).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::remove_file(artifact).unwrap();
+        std::fs::write(artifact, &bytes).unwrap();
+    }
+    let out = c.run(&unique_id("cache"), IMAGE, &[], &["/wasitest.wasm"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+    assert_eq!(count("refusing"), 1, "{}", c.log());
+    assert_eq!(count("/wasitest.wasm: compiled into the node's cache"), 2);
+}

@@ -19,12 +19,12 @@ use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
-use shim_engine::{Engine, Exit, Invocation, Preopen, Program};
+use shim_engine::{Cache, Engine, Exit, Invocation, Outcome, Preopen, Program};
 use shim_image::{filesystem_grants, grant_for, memory_limit, WasmProcess};
 
 /// What `validate` prepared for `exec`; both run in the same init process.
@@ -42,10 +42,14 @@ fn is_native_executable(head: &[u8]) -> bool {
 }
 
 #[derive(Clone, Default)]
-pub struct WasmExecutor;
+pub struct WasmExecutor {
+    /// The node's code cache, opened on the host before the container's
+    /// process was cloned; used through its descriptor from inside.
+    pub cache: Option<Arc<Cache>>,
+}
 
 impl WasmExecutor {
-    fn prepare(spec: &Spec) -> Result<Workload, String> {
+    fn prepare(&self, spec: &Spec) -> Result<Workload, String> {
         let process = WasmProcess::from_spec(spec).map_err(|e| e.to_string())?;
         let entry = &process.entrypoint;
         let path = entry.resolve(&process.cwd, process.path_env(), Path::is_file);
@@ -82,10 +86,18 @@ impl WasmExecutor {
         // that malloc_trim below cannot give back.
         // SAFETY: mallopt only tunes the allocator; no thread has allocated yet.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-        let engine = Engine::new().map_err(|e| e.to_string())?;
+        let mut engine = Engine::new().map_err(|e| e.to_string())?;
+        if let Some(cache) = &self.cache {
+            engine = engine.with_cache(cache.clone());
+        }
         let program = engine
             .prepare(&shown, &bytes, entry.export.as_deref())
             .map_err(|e| e.to_string())?;
+        match program.cache_outcome() {
+            Some(Outcome::Hit) => log::info!("{shown}: code mapped from the node's cache"),
+            Some(Outcome::Compiled) => log::info!("{shown}: compiled into the node's cache"),
+            None => {}
+        }
         drop(bytes);
         // The compiler's scratch memory is free now but still held by the
         // allocator's arenas; hand it back before the guest runs for hours.
@@ -139,7 +151,9 @@ fn listen(port: u16) -> Result<TcpListener, String> {
 
 impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        let prepared = Self::prepare(spec).map_err(ExecutorValidationError::ArgValidationError)?;
+        let prepared = self
+            .prepare(spec)
+            .map_err(ExecutorValidationError::ArgValidationError)?;
         // Before start: a SIGTERM sent right after start must not find the
         // process without a handler (it would be dropped, see below). An HTTP
         // server handles it itself (it drains); until its handlers are in

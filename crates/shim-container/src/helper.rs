@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -205,7 +206,9 @@ fn build(request: &CreateRequest) -> Result<i32, String> {
     let container = ContainerBuilder::new(request.id.clone(), SyscallType::default())
         .with_root_path(state_root(&request.bundle))
         .map_err(|e| e.to_string())?
-        .with_executor(WasmExecutor)
+        .with_executor(WasmExecutor {
+            cache: open_cache().map(Arc::new),
+        })
         .with_stdin(stdin)
         .with_stdout(stdout)
         .with_stderr(stderr)
@@ -218,6 +221,32 @@ fn build(request: &CreateRequest) -> Result<i32, String> {
         .pid()
         .map(|pid| pid.as_raw())
         .ok_or_else(|| "libcontainer created the container but reported no pid".to_string())
+}
+
+/// Where the node's code cache lives: `$WASMTIME_SHIM_CACHE_DIR` (`off` for
+/// none), else [`shim_engine::cache::DEFAULT_ROOT`]; bounded to
+/// `$WASMTIME_SHIM_CACHE_LIMIT_MB` MiB. A cache that cannot be opened costs
+/// speed, not the container: it then compiles without one.
+pub const CACHE_DIR_ENV: &str = "WASMTIME_SHIM_CACHE_DIR";
+pub const CACHE_LIMIT_ENV: &str = "WASMTIME_SHIM_CACHE_LIMIT_MB";
+
+fn open_cache() -> Option<shim_engine::Cache> {
+    use shim_engine::cache::{DEFAULT_LIMIT, DEFAULT_ROOT};
+    let root = std::env::var_os(CACHE_DIR_ENV).unwrap_or_else(|| DEFAULT_ROOT.into());
+    if root == "off" || root.is_empty() {
+        return None;
+    }
+    let limit = std::env::var(CACHE_LIMIT_ENV)
+        .ok()
+        .and_then(|mb| mb.parse::<u64>().ok())
+        .map_or(DEFAULT_LIMIT, |mb| mb << 20);
+    match shim_engine::Cache::open(Path::new(&root), limit) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            log::warn!("no code cache ({e}); compiling every guest");
+            None
+        }
+    }
 }
 
 /// libcontainer wraps the init process's error (ours, from the executor's

@@ -13,8 +13,12 @@
 //! `proc_exit(n)` gives `n`, a normal return gives 0, a trap gives
 //! [`TRAP_EXIT_CODE`] (128 + SIGABRT) and any other runtime failure gives 1.
 
+pub mod cache;
 pub mod http;
 mod wasi;
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use log::{debug, warn};
 use wasmtime::component::{Component, ResourceTable};
@@ -25,6 +29,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView};
 
+pub use cache::{Cache, Outcome};
 pub use wasi::{Invocation, Preopen};
 
 /// Exit status of a guest that trapped (128 + SIGABRT, as `wasmtime run` does).
@@ -85,10 +90,12 @@ impl Kind {
 }
 
 /// A wasmtime engine configured for this shim. One is created per process and
-/// reused for every program that process compiles.
+/// reused for every program that process compiles; with a [`Cache`], code
+/// compiled once on the node is mapped from it instead of compiled again.
 #[derive(Clone)]
 pub struct Engine {
     inner: wasmtime::Engine,
+    cache: Option<Arc<Cache>>,
 }
 
 impl Engine {
@@ -110,7 +117,37 @@ impl Engine {
                 wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?
             }
         };
-        Ok(Self { inner })
+        Ok(Self { inner, cache: None })
+    }
+
+    /// Takes code from `cache`, and puts what it compiles there.
+    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Compiles `bytes` of `kind` or maps them from the cache; `load`
+    /// deserializes a verified artifact of the cache.
+    fn code<T>(
+        &self,
+        kind: Kind,
+        bytes: &[u8],
+        compile: impl FnOnce() -> wasmtime::Result<T>,
+        load: impl Fn(std::fs::File) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<(T, Option<Outcome>)> {
+        if let Some(cache) = &self.cache {
+            match cache.fetch(&self.inner, kind, bytes, load) {
+                Ok((code, outcome)) => return Ok((code, Some(outcome))),
+                Err(cache::Failure::Compile(e)) => return Err(e),
+                Err(cache::Failure::Cache(e)) => {
+                    warn!(
+                        "the code cache in {} failed ({e}); compiling without it",
+                        cache.root().display()
+                    )
+                }
+            }
+        }
+        compile().map(|code| (code, None))
     }
 
     /// Compiles `bytes` and checks that the program can be linked against the
@@ -132,9 +169,20 @@ impl Engine {
             path: path.to_string(),
             reason: format!("{e:#}"),
         };
+        let cached;
         let compiled = match kind {
             Kind::Module => {
-                let module = Module::new(&self.inner, bytes).map_err(invalid)?;
+                let (module, outcome) = self
+                    .code(
+                        kind,
+                        bytes,
+                        || Module::new(&self.inner, bytes),
+                        // SAFETY: the cache hands over only artifacts this
+                        // shim wrote, verified by their tag.
+                        |file| unsafe { Module::deserialize_open_file(&self.inner, file) },
+                    )
+                    .map_err(invalid)?;
+                cached = outcome;
                 let export = export.unwrap_or(DEFAULT_MODULE_EXPORT).to_string();
                 let is_func = module
                     .get_export(&export)
@@ -161,7 +209,20 @@ impl Engine {
                         ),
                     });
                 }
-                let component = Component::new(&self.inner, bytes).map_err(invalid)?;
+                let (component, outcome) = self
+                    .code(
+                        kind,
+                        bytes,
+                        || Component::new(&self.inner, bytes),
+                        // SAFETY: as for modules. The descriptor's /proc path
+                        // reaches the cache's file from inside the container.
+                        |file| unsafe {
+                            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                            Component::deserialize_file(&self.inner, path)
+                        },
+                    )
+                    .map_err(invalid)?;
+                cached = outcome;
                 let exports: Vec<String> = component
                     .component_type()
                     .exports(&self.inner)
@@ -202,6 +263,7 @@ impl Engine {
         Ok(Program {
             engine: self.inner.clone(),
             compiled,
+            cached,
         })
     }
 }
@@ -223,6 +285,7 @@ enum Compiled {
 pub struct Program {
     engine: wasmtime::Engine,
     compiled: Compiled,
+    cached: Option<Outcome>,
 }
 
 /// How a guest ended.
@@ -269,6 +332,12 @@ impl Program {
     /// with [`Program::serve`] rather than [`Program::run`].
     pub fn serves_http(&self) -> bool {
         matches!(self.compiled, Compiled::Http { .. })
+    }
+
+    /// Whether the code came from the node's cache or was compiled into it;
+    /// `None` without a cache.
+    pub fn cache_outcome(&self) -> Option<Outcome> {
+        self.cached
     }
 
     /// What the program is and how it runs, for the log.

@@ -1,0 +1,467 @@
+//! The node's cache of precompiled guests.
+//!
+//! Compiling is most of what a wasm container costs to start, in time and in
+//! memory (the compiler's heap). The first container that runs a given
+//! binary compiles it and writes the native code to this cache; every later
+//! one, in any pod, memory-maps that file instead: no compilation, and the
+//! code pages are the page cache's, shared by every container running it.
+//!
+//! Loading native code is `unsafe`: a file that is not what this shim wrote
+//! is arbitrary code. So each artifact is written with an HMAC-SHA256 tag
+//! under a node-local secret key (`<root>/key`, mode 0600) that never leaves
+//! the host, and is loaded only if its tag verifies. A file planted in the
+//! cache, one changed after it was written, or one written for other bytes
+//! fails the check: it is removed and the guest compiled afresh. A
+//! "precompiled" file inside an image is never even looked at: the cache
+//! key is derived from the wasm bytes, and only this directory is searched.
+//!
+//! Layout under `<root>` (0700, owned by the shim's user):
+//! - `key`: 32 random bytes, created once;
+//! - `code/<name>.cwasm`: the artifact, `<name>` = SHA-256 of the wasm bytes,
+//!   the kind of binary, this shim's version and wasmtime's compatibility
+//!   hash of the engine configuration (so a changed engine never meets old
+//!   code);
+//! - `code/<name>.tag`: the HMAC of `<name>` and the artifact's bytes;
+//! - `code/<name>.lock`: an flock that makes concurrent starts of the same
+//!   binary compile it once.
+//!
+//! The directory is opened once by the shim, on the host, and used through
+//! that descriptor from inside the container (after `pivot_root`), so the
+//! container's filesystem never needs to contain it. Total size is bounded:
+//! past the limit the least recently used artifacts are removed.
+
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use log::{debug, info, warn};
+use nix::fcntl::{openat, renameat, Flock, FlockArg, OFlag};
+use nix::sys::stat::{fstatat, futimens, Mode};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
+use ring::{digest, hmac, rand::SecureRandom};
+
+use crate::Kind;
+
+/// Where the cache lives unless configured otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/containerd-shim-wasmtime";
+/// The default bound on the total size of the cached code.
+pub const DEFAULT_LIMIT: u64 = 2 << 30;
+
+const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 32;
+const ARTIFACT: &str = ".cwasm";
+const TAG: &str = ".tag";
+const LOCK: &str = ".lock";
+/// A temporary file older than this belongs to a compile that died.
+const STALE_SECS: i64 = 600;
+
+/// How a program's code was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Mapped from the cache.
+    Hit,
+    /// Compiled here and written to the cache.
+    Compiled,
+}
+
+/// A failure of `fetch`: the guest's own (it does not compile) or the cache's.
+pub(crate) enum Failure {
+    Compile(wasmtime::Error),
+    Cache(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Cache(e)
+    }
+}
+
+impl From<nix::Error> for Failure {
+    fn from(e: nix::Error) -> Self {
+        Failure::Cache(e.into())
+    }
+}
+
+/// The cache directory, open, with its key.
+pub struct Cache {
+    root: PathBuf,
+    code: OwnedFd,
+    key: hmac::Key,
+    limit: u64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("root", &self.root)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache under `root`, bounded to `limit`
+    /// bytes of code. Refuses a root that someone else could write to.
+    pub fn open(root: &Path, limit: u64) -> io::Result<Cache> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
+        check_private(root, &std::fs::metadata(root)?)?;
+        let key = read_or_create_key(&root.join("key"))?;
+        let code_dir = root.join("code");
+        match std::fs::DirBuilder::new().mode(0o700).create(&code_dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let code = File::open(&code_dir)?;
+        check_private(&code_dir, &code.metadata()?)?;
+        Ok(Cache {
+            root: root.to_path_buf(),
+            code: code.into(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            limit,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The cache entry's name for `bytes` of `kind` compiled by `engine`.
+    fn name(engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> String {
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut compat);
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(bytes);
+        ctx.update(format!("{kind:?}").as_bytes());
+        ctx.update(env!("CARGO_PKG_VERSION").as_bytes());
+        ctx.update(&compat.finish().to_le_bytes());
+        hex(ctx.finish().as_ref())
+    }
+
+    /// The code for `bytes`: mapped from the cache, or compiled (once, however
+    /// many callers ask at the same time), written and then mapped. `load`
+    /// deserializes a verified artifact.
+    pub(crate) fn fetch<T>(
+        &self,
+        engine: &wasmtime::Engine,
+        kind: Kind,
+        bytes: &[u8],
+        load: impl Fn(File) -> wasmtime::Result<T>,
+    ) -> Result<(T, Outcome), Failure> {
+        let name = Self::name(engine, kind, bytes);
+        if let Some(found) = self.lookup(&name, &load)? {
+            return Ok((found, Outcome::Hit));
+        }
+        let lock = self.open_at(
+            &format!("{name}{LOCK}"),
+            OFlag::O_CREAT | OFlag::O_RDWR,
+            0o600,
+        )?;
+        let lock = Flock::lock(File::from(lock), FlockArg::LockExclusive)
+            .map_err(|(_, e)| Failure::from(e))?;
+        // Whoever held the lock may have just written it.
+        if let Some(found) = self.lookup(&name, &load)? {
+            return Ok((found, Outcome::Hit));
+        }
+        let code = match kind {
+            Kind::Module => engine.precompile_module(bytes),
+            Kind::Component => engine.precompile_component(bytes),
+        };
+        let code = code.map_err(|e| {
+            // Bad wasm leaves nothing behind, not even its lock.
+            self.remove(&name);
+            Failure::Compile(e)
+        })?;
+        self.store(&name, &code)?;
+        drop(code);
+        debug!("cache: compiled and stored {name}");
+        let found = self
+            .lookup(&name, &load)?
+            .ok_or_else(|| io::Error::other(format!("{name} was stored but does not load back")))?;
+        drop(lock);
+        self.evict(&name);
+        Ok((found, Outcome::Compiled))
+    }
+
+    /// The verified artifact `name`, loaded; `None` if there is none, or it
+    /// fails verification or loading (it is then removed).
+    fn lookup<T>(
+        &self,
+        name: &str,
+        load: &impl Fn(File) -> wasmtime::Result<T>,
+    ) -> io::Result<Option<T>> {
+        let artifact = match self.open_at(&format!("{name}{ARTIFACT}"), OFlag::O_RDONLY, 0) {
+            Ok(fd) => File::from(fd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if let Err(reason) = self.verify(name, &artifact) {
+            warn!("cache: refusing {name}{ARTIFACT} ({reason}); compiling the guest afresh");
+            self.remove(name);
+            return Ok(None);
+        }
+        // Least recently used goes first when the cache is full.
+        let _ = futimens(
+            artifact.as_raw_fd(),
+            &TimeSpec::UTIME_NOW,
+            &TimeSpec::UTIME_NOW,
+        );
+        match load(artifact) {
+            Ok(found) => Ok(Some(found)),
+            Err(e) => {
+                warn!("cache: {name}{ARTIFACT} does not load ({e:#}); compiling afresh");
+                self.remove(name);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks that `artifact` is a private regular file whose tag verifies.
+    fn verify(&self, name: &str, artifact: &File) -> Result<(), String> {
+        let meta = artifact.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        check_private(Path::new(name), &meta).map_err(|e| e.to_string())?;
+        let mut tag = [0u8; TAG_LEN + 1];
+        let tag_len = match self.open_at(&format!("{name}{TAG}"), OFlag::O_RDONLY, 0) {
+            Ok(fd) => read_up_to(&mut File::from(fd), &mut tag).map_err(|e| e.to_string())?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("no tag".into()),
+            Err(e) => return Err(format!("cannot read its tag: {e}")),
+        };
+        if tag_len != TAG_LEN {
+            return Err("malformed tag".into());
+        }
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(name.as_bytes());
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut file = artifact;
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => ctx.update(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // Compared without an early exit, so timing tells nothing about the tag.
+        let difference = (ctx.sign().as_ref().iter())
+            .zip(&tag[..TAG_LEN])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if difference != 0 {
+            return Err("its tag does not match: not written by this node's shim".into());
+        }
+        Ok(())
+    }
+
+    /// Writes `code` as artifact `name`: temporary files, fsync, then renames
+    /// (tag first), so a reader sees a whole artifact or none.
+    fn store(&self, name: &str, code: &[u8]) -> io::Result<()> {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(name.as_bytes());
+        ctx.update(code);
+        let tag = ctx.sign();
+        let pid = std::process::id();
+        for (suffix, contents) in [(TAG, tag.as_ref()), (ARTIFACT, code)] {
+            let temp = format!("{name}{suffix}.tmp.{pid}");
+            let fd = self.open_at(
+                &temp,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+                0o400,
+            )?;
+            let written = File::from(fd)
+                .write_all(contents)
+                .and_then(|()| fsync(self.code.as_raw_fd()).map_err(Into::into));
+            let renamed = written.and_then(|()| {
+                renameat(
+                    Some(self.code.as_raw_fd()),
+                    temp.as_str(),
+                    Some(self.code.as_raw_fd()),
+                    format!("{name}{suffix}").as_str(),
+                )
+                .map_err(io::Error::from)
+            });
+            if let Err(e) = renamed {
+                let _ = unlinkat(
+                    Some(self.code.as_raw_fd()),
+                    temp.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes artifacts, least recently used first, until the cache is
+    /// within its limit (never `keep`, just written); and stale temporaries.
+    fn evict(&self, keep: &str) {
+        let Ok(entries) = self.entries() else { return };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut artifacts = Vec::new();
+        let mut total = 0u64;
+        for (file, stat) in entries {
+            if file.contains(".tmp.") {
+                if now - stat.st_mtime > STALE_SECS {
+                    let _ = unlinkat(
+                        Some(self.code.as_raw_fd()),
+                        file.as_str(),
+                        UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+            } else if let Some(name) = file.strip_suffix(ARTIFACT) {
+                total += stat.st_size as u64;
+                if name != keep {
+                    let used = (stat.st_mtime, stat.st_mtime_nsec);
+                    artifacts.push((used, stat.st_size as u64, name.to_string()));
+                }
+            }
+        }
+        artifacts.sort();
+        for (_, size, name) in artifacts {
+            if total <= self.limit {
+                break;
+            }
+            info!(
+                "cache: over its limit of {} bytes; removing {name}",
+                self.limit
+            );
+            self.remove(&name);
+            total -= size;
+        }
+    }
+
+    /// The files of the code directory with their status.
+    fn entries(&self) -> io::Result<Vec<(String, nix::sys::stat::FileStat)>> {
+        let dir = nix::dir::Dir::openat(
+            Some(self.code.as_raw_fd()),
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut out = Vec::new();
+        for entry in dir.into_iter().flatten() {
+            let Ok(file) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if file.starts_with('.') {
+                continue;
+            }
+            if let Ok(stat) = fstatat(
+                Some(self.code.as_raw_fd()),
+                file.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                out.push((file, stat));
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, name: &str) {
+        for suffix in [ARTIFACT, TAG, LOCK] {
+            let _ = unlinkat(
+                Some(self.code.as_raw_fd()),
+                format!("{name}{suffix}").as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+
+    /// Opens `file` in the code directory; never follows a symlink.
+    fn open_at(&self, file: &str, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+        let fd = openat(
+            Some(self.code.as_raw_fd()),
+            file,
+            flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(mode),
+        )?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Refuses a cache file or directory that another user owns or that group or
+/// others may write: code loaded from it would be theirs.
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {} with mode {:o}; the cache needs it owned by uid {uid} \
+                 and writable by no one else",
+                path.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The node's key: read, or created once with fresh random bytes.
+fn read_or_create_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
+    let mut key = [0u8; KEY_LEN];
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => {
+            ring::rand::SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| io::Error::other("no randomness for the cache key"))?;
+            file.write_all(&key)?;
+            file.sync_all()?;
+            return Ok(key);
+        }
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        Err(_) => {}
+    }
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    check_private(path, &meta)?;
+    if meta.mode() & 0o044 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is readable by others", path.display()),
+        ));
+    }
+    let mut buf = [0u8; KEY_LEN + 1];
+    if read_up_to(&mut file, &mut buf)? != KEY_LEN {
+        // Another shim is creating it right now, or it is damaged.
+        return Err(io::Error::other(format!(
+            "{} does not hold a {KEY_LEN}-byte key",
+            path.display()
+        )));
+    }
+    key.copy_from_slice(&buf[..KEY_LEN]);
+    Ok(key)
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
