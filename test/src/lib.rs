@@ -512,9 +512,23 @@ pub fn processes_naming(needle: &str) -> Vec<(i32, String)> {
 
 /// The wasmtime shim processes of the containerd listening on `socket`, by pid.
 fn wasmtime_shims(socket: &Path) -> HashMap<i32, String> {
-    processes_naming(&socket.display().to_string())
+    shim_servers(socket)
         .into_iter()
         .filter(|(_, cmd)| cmd.contains("containerd-shim-wasmtime-v1"))
+        .collect()
+}
+
+/// The shim processes (any runtime) of the containerd listening on `socket`:
+/// servers and `start`/`delete` runs, not the zygotes and container
+/// processes forked from them, which carry the same command line under
+/// another name.
+pub fn shim_servers(socket: &Path) -> Vec<(i32, String)> {
+    processes_naming(&socket.display().to_string())
+        .into_iter()
+        .filter(|(pid, _)| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "containerd-shim")
+        })
         .collect()
 }
 

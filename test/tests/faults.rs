@@ -98,3 +98,56 @@ fn tasks_survive_a_containerd_restart() {
     }
     c.assert_clean(&[&running, &ended]);
 }
+
+#[test]
+fn a_pod_whose_zygote_died_still_creates_containers() {
+    let c = Containerd::start();
+    c.import("wasm-test.tar");
+    let annotation = format!("io.kubernetes.cri.sandbox-id={}", unique_id("pod"));
+    let running = unique_id("zygote-running");
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--annotation",
+        &annotation,
+        "--runtime",
+        shim_tests::RUNTIME,
+        IMAGE,
+        &running,
+        "/wasitest.wasm",
+        "loop",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let socket = c.socket().display().to_string();
+    let zygotes: Vec<i32> = shim_tests::processes_naming(&socket)
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "shim-zygote")
+        })
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(zygotes.len(), 1, "the pod's shim has one zygote");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &zygotes[0].to_string()])
+        .status();
+    assert!(killed.unwrap().success());
+    // The next container of the pod is created the slow way, by a helper
+    // the shim executes; the running one is untouched.
+    let id = unique_id("after-zygote");
+    let out = c.run(
+        &id,
+        IMAGE,
+        &["--annotation", &annotation],
+        &["/wasitest.wasm"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+    assert!(c.task_pid(&running).is_some(), "{running} still runs");
+    assert!(c.log().contains("the zygote is gone"), "{}", c.log());
+    c.remove(&running);
+    c.assert_clean(&[&running, &id]);
+}

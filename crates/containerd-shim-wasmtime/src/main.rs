@@ -1,8 +1,9 @@
 //! `containerd-shim-wasmtime-v1`: containerd's shim for runtime `io.containerd.wasmtime.v1`.
 //!
 //! The binary has three faces: the shim (`start`, `delete`, the ttrpc server)
-//! run by containerd; the single-threaded create helper the shim re-executes
-//! for each container (see `shim_container::helper`); and `--version`.
+//! run by containerd, with its zygote (`shim_container::zygote`); the
+//! single-threaded create helper, re-executed for a container when there is
+//! no zygote (`shim_container::helper`); and `--version`.
 
 use std::io::Write;
 
@@ -23,6 +24,14 @@ fn main() {
             println!("containerd-shim-wasmtime-v1 {}", env!("CARGO_PKG_VERSION"));
             println!("runtime {}", shim_task::RUNTIME_ID);
         }
-        _ => containerd_shim::run::<shim_task::WasmtimeShim>(shim_task::RUNTIME_ID, None),
+        _ => {
+            // The server (neither `start` nor `delete`): fork the pod's
+            // zygote now, while this process still has one thread.
+            let action = args.last().map(String::as_str);
+            if args.iter().any(|a| a == "-id") && !matches!(action, Some("start" | "delete")) {
+                shim_container::zygote::start();
+            }
+            containerd_shim::run::<shim_task::WasmtimeShim>(shim_task::RUNTIME_ID, None)
+        }
     }
 }

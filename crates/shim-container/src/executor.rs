@@ -46,6 +46,8 @@ pub struct WasmExecutor {
     /// The node's code cache, opened on the host before the container's
     /// process was cloned; used through its descriptor from inside.
     pub cache: Option<Arc<Cache>>,
+    /// The engine the zygote created for every container of the pod.
+    pub engine: Option<Engine>,
 }
 
 impl WasmExecutor {
@@ -86,7 +88,10 @@ impl WasmExecutor {
         // that malloc_trim below cannot give back.
         // SAFETY: mallopt only tunes the allocator; no thread has allocated yet.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-        let mut engine = Engine::new().map_err(|e| e.to_string())?;
+        let mut engine = match &self.engine {
+            Some(engine) => engine.clone(),
+            None => Engine::new().map_err(|e| e.to_string())?,
+        };
         if let Some(cache) = &self.cache {
             engine = engine.with_cache(cache.clone());
         }
@@ -151,6 +156,8 @@ fn listen(port: u16) -> Result<TcpListener, String> {
 
 impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        crate::zygote::close_inherited();
+        crate::zygote::set_name(c"wasm-container");
         let prepared = self
             .prepare(spec)
             .map_err(ExecutorValidationError::ArgValidationError)?;

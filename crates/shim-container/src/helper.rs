@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -46,13 +46,18 @@ pub struct CreateRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum CreateResponse {
+pub(crate) enum CreateResponse {
     Created { pid: i32 },
     Failed { error: String },
 }
 
-/// Shim side: runs the helper and returns the container init's host PID.
-pub(crate) fn spawn_create(request: &CreateRequest, stdin: Stdio) -> Result<i32, Error> {
+/// Shim side: has the pod's zygote fork a helper (or, without a zygote,
+/// runs the helper binary) and returns the container init's host PID.
+pub(crate) fn spawn_create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
+    if let Some(result) = crate::zygote::create(request, &stdin) {
+        return result;
+    }
+    let stdin = stdin.map_or_else(Stdio::null, Stdio::from);
     let json = serde_json::to_string(request).map_err(|e| Error::Helper(e.to_string()))?;
     let mut child = Command::new("/proc/self/exe")
         .arg(HELPER_ARG)
@@ -68,13 +73,50 @@ pub(crate) fn spawn_create(request: &CreateRequest, stdin: Stdio) -> Result<i32,
     let mut err = String::new();
     let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
     let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    match serde_json::from_str::<CreateResponse>(&out) {
+    parse_response(
+        &out,
+        &format!("the create helper ended without an answer: {}", err.trim()),
+    )
+}
+
+/// The helper's JSON answer; `missing` describes its absence.
+pub(crate) fn parse_response(answer: &str, missing: &str) -> Result<i32, Error> {
+    match serde_json::from_str::<CreateResponse>(answer) {
         Ok(CreateResponse::Created { pid }) => Ok(pid),
         Ok(CreateResponse::Failed { error }) => Err(Error::Create(error)),
-        Err(_) => Err(Error::Helper(format!(
-            "the create helper ended without an answer: {}",
-            err.trim()
-        ))),
+        Err(_) => Err(Error::Helper(missing.to_string())),
+    }
+}
+
+/// What the zygote prepares once for every helper it forks: one malloc
+/// arena (see the executor) and the wasmtime engine, so neither is set up
+/// again per container.
+static WARM_ENGINE: OnceLock<shim_engine::Engine> = OnceLock::new();
+
+pub(crate) fn warm_up() {
+    // SAFETY: mallopt only tunes the allocator; the zygote has one thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    match shim_engine::Engine::new() {
+        Ok(engine) => {
+            let _ = WARM_ENGINE.set(engine);
+        }
+        Err(e) => eprintln!("no warm engine: {e}"),
+    }
+}
+
+/// Helper side, in a child of the zygote: what the exec'd helper's `main`
+/// does, with the guest's stdin passed as a descriptor.
+pub(crate) fn run_in_child(request: &CreateRequest, stdin: OwnedFd) -> CreateResponse {
+    let ready = nix::unistd::dup2(stdin.as_raw_fd(), 0)
+        .map_err(|e| format!("cannot set up stdin: {e}"))
+        .and_then(|_| {
+            std::env::set_current_dir(&request.bundle)
+                .map_err(|e| format!("cannot enter the bundle: {e}"))
+        });
+    drop(stdin);
+    match ready.and_then(|()| create(request)) {
+        Ok(pid) => CreateResponse::Created { pid },
+        Err(error) => CreateResponse::Failed { error },
     }
 }
 
@@ -208,6 +250,7 @@ fn build(request: &CreateRequest) -> Result<i32, String> {
         .map_err(|e| e.to_string())?
         .with_executor(WasmExecutor {
             cache: open_cache().map(Arc::new),
+            engine: WARM_ENGINE.get().cloned(),
         })
         .with_stdin(stdin)
         .with_stdout(stdout)

@@ -7,7 +7,8 @@
 //! through [`executor::WasmExecutor`].
 //!
 //! Where each step runs (see docs/architecture.md):
-//! - create: in the single-threaded [`helper`] process (it forks);
+//! - create: in the single-threaded [`helper`] process (it forks), itself
+//!   forked by the pod's [`zygote`];
 //! - start, kill, pids, stats, delete: in the shim, as plain syscalls and
 //!   file operations that never fork.
 //!
@@ -18,13 +19,13 @@ pub mod executor;
 pub mod helper;
 pub mod oom;
 pub mod rootfs;
+pub mod zygote;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
 use libcontainer::config::YoukiConfig;
@@ -77,7 +78,7 @@ pub struct LinuxContainer {
 impl LinuxContainer {
     /// Mounts the rootfs and creates the container; the guest is compiled and
     /// linked, and waits for [`LinuxContainer::start`]. `stdin` becomes the guest's stdin.
-    pub fn create(request: &CreateRequest, stdin: Stdio) -> Result<Self, Error> {
+    pub fn create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<Self, Error> {
         let pid = helper::spawn_create(request, stdin)?;
         Ok(Self {
             id: request.id.clone(),

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -263,9 +262,9 @@ impl Task for TaskService {
                         id: id.clone(),
                         reason: format!("cannot set up stdin: {e}"),
                     })?;
-                (Some(forwarder), read_end)
+                (Some(forwarder), Some(read_end))
             }
-            None => (None, Stdio::null()),
+            None => (None, None),
         };
         let request = CreateRequest {
             id: id.clone(),

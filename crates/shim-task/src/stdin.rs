@@ -8,9 +8,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -24,7 +24,7 @@ pub struct StdinForwarder {
 impl StdinForwarder {
     /// Starts copying `fifo` into a new pipe; returns the forwarder and the
     /// pipe's read end for the guest.
-    pub fn start(fifo: PathBuf) -> std::io::Result<(Self, Stdio)> {
+    pub fn start(fifo: PathBuf) -> std::io::Result<(Self, OwnedFd)> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let forwarder = Self {
             writer: Arc::new(Mutex::new(Some(File::from(write)))),
@@ -33,7 +33,7 @@ impl StdinForwarder {
         std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || copier.copy(&fifo))?;
-        Ok((forwarder, Stdio::from(read)))
+        Ok((forwarder, read))
     }
 
     /// Closes the guest's stdin (CloseIO, delete).

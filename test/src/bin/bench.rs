@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use shim_tests::{processes_naming, unique_id, Containerd, RUNTIME};
+use shim_tests::{shim_servers, unique_id, Containerd, RUNTIME};
 
 const RUNC: &str = "io.containerd.runc.v2";
 const HELLO: &str = "localhost/wasmtime-shim/hello:latest";
@@ -101,10 +101,8 @@ fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
 
 /// PSS in KiB of every shim of this containerd and all their descendants.
 fn shim_tree_pss_kib(containerd: &Containerd) -> (u64, usize) {
-    let socket = containerd.socket().display().to_string();
-    let shims: Vec<i32> = processes_naming(&socket)
+    let shims: Vec<i32> = shim_servers(&containerd.socket())
         .into_iter()
-        .filter(|(_, cmd)| cmd.starts_with("containerd-shim") || cmd.contains("/containerd-shim"))
         .map(|(pid, _)| pid)
         .collect();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
