@@ -12,7 +12,7 @@ CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
 DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini curl
 
-.PHONY: help build release install deps images demo test unit-test e2e-test manifest-test bench fmt lint clean
+.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test manifest-test bench fmt lint clean
 
 help:
 	@echo "make demo     run a wasm program through a private containerd with this shim"
@@ -92,6 +92,8 @@ $(IMAGES)/hello.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 WASI_HTTP_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
 	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http") + "/wit")')
 
+WASI_HTTP_VERSION = $(shell sed -n 's/^package wasi:http@\(.*\);/\1/p' $(WASI_HTTP_WIT)/deps/http.wit)
+
 $(IMAGES)/hello-http.core.wasm: images/http/hello-http.c
 	@mkdir -p $(IMAGES)
 	$(WASM_CC) -mexec-model=reactor -o $@ $<
@@ -102,6 +104,16 @@ $(IMAGES)/hello-http.wasm: $(IMAGES)/hello-http.core.wasm $(WASM_OCI)
 $(IMAGES)/hello-http.tar: $(IMAGES)/hello-http.wasm $(WASM_OCI)
 	$(WASM_OCI) image --name localhost/wasmtime-shim/hello-http:latest --entrypoint /hello-http.wasm \
 		--file $<:/hello-http.wasm -o $@
+
+# The benchmark's large component: CPython inside (~18 MB), by componentize-py.
+$(IMAGES)/python-http.wasm: images/python-http/app.py
+	@mkdir -p $(IMAGES)
+	cd images/python-http && env -u PYTHONDONTWRITEBYTECODE componentize-py -d $(WASI_HTTP_WIT) \
+		-w wasi:http/proxy@$(WASI_HTTP_VERSION) componentize app -o $(CURDIR)/$@
+
+$(IMAGES)/python-http.tar: $(IMAGES)/python-http.wasm $(WASM_OCI)
+	$(WASM_OCI) image --name localhost/wasmtime-shim/python-http:latest --entrypoint /python-http.wasm \
+		--file $<:/python-http.wasm -o $@
 
 $(IMAGES)/hello-artifact.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 	$(WASM_OCI) artifact --name localhost/wasmtime-shim/hello-artifact:latest --wasm $< -o $@
@@ -128,9 +140,21 @@ manifest-test:
 test: deps unit-test manifest-test e2e-test
 
 # Numbers, not pass/fail, so not part of `make test`. The harness is a debug
-# build; the shim it measures is the release build.
-bench: deps build release images
-	SHIM_DIR=$(CURDIR)/target/release target/debug/bench
+# build; the shim it measures is the release build. The reference `wasmtime
+# serve` is the CLI of the same wasmtime version (built once into target/tools).
+WASMTIME_VERSION = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
+	'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime"))')
+WASMTIME_CLI ?= target/tools/bin/wasmtime
+
+$(WASMTIME_CLI):
+	$(CARGO) install --locked --root target/tools wasmtime-cli --version $(WASMTIME_VERSION)
+
+bench-deps: deps
+	@dpkg -s wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	@command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py
+
+bench: bench-deps build release images $(IMAGES)/python-http.tar $(WASMTIME_CLI)
+	SHIM_DIR=$(CURDIR)/target/release BENCH_WASMTIME=$(abspath $(WASMTIME_CLI)) target/debug/bench
 
 fmt:
 	$(CARGO) fmt --all

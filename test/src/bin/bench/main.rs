@@ -14,6 +14,13 @@
 //!    grouped by the CRI sandbox-id annotation as kubelet's pods are): a
 //!    sleeping wasm guest vs the static `pause` binary under runc.
 //!
+//! 4. Large component, cold vs cached: a Python wasi:http component (~18 MB,
+//!    CPython inside) started with an empty code cache, then with the code
+//!    cached; time to its first HTTP answer (`BENCH_COLD`, `BENCH_CACHED`).
+//! 5. wasi:http load: `wrk` on the same component served by this shim and by
+//!    `wasmtime serve` (`BENCH_WASMTIME`, the CLI of the same wasmtime
+//!    version), alternating rounds, for the C hello component and the Python one.
+//!
 //! The report (markdown) and a plot (SVG) go to `target/bench/`; the shim
 //! measured is the one in `SHIM_DIR` (`make bench` builds and points it at
 //! the release build).
@@ -23,12 +30,16 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use shim_tests::{shim_servers, unique_id, Containerd, RUNTIME};
+use shim_tests::{images_dir, shim_servers, unique_id, Containerd, RUNTIME};
+
+mod http;
 
 const RUNC: &str = "io.containerd.runc.v2";
 const HELLO: &str = "localhost/wasmtime-shim/hello:latest";
 const TEST_IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 const PAUSE: &str = "localhost/wasmtime-shim/pause:latest";
+const HELLO_HTTP: &str = "localhost/wasmtime-shim/hello-http:latest";
+const PYTHON_HTTP: &str = "localhost/wasmtime-shim/python-http:latest";
 const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -236,7 +247,16 @@ fn main() {
         .filter_map(|c| c.trim().parse().ok())
         .collect();
     let containerd = Containerd::start_logging("info");
-    for image in ["hello.tar", "wasm-test.tar", "pause.tar"] {
+    let cold_runs: usize = env_or("BENCH_COLD", 3);
+    let cached_runs: usize = env_or("BENCH_CACHED", 5);
+    let wasmtime_cli = std::env::var("BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+    for image in [
+        "hello.tar",
+        "wasm-test.tar",
+        "pause.tar",
+        "hello-http.tar",
+        "python-http.tar",
+    ] {
         containerd.import(image);
     }
     // Warm both paths once (page cache, snapshots), outside the measurement.
@@ -277,9 +297,51 @@ fn main() {
             });
         }
     }
+    eprintln!("large component: first answer, cold cache vs cached");
+    let python_size = fs::metadata(images_dir().join("python-http.wasm")).map_or(0, |m| m.len());
+    let mut cold = Vec::new();
+    let mut cached = Vec::new();
+    for n in 0..cold_runs.max(cached_runs) {
+        if n < cold_runs {
+            cold.push(http::first_response(&containerd, PYTHON_HTTP, 18_080, true));
+        }
+        if n < cached_runs {
+            cached.push(http::first_response(&containerd, PYTHON_HTTP, 18_080, false));
+        }
+    }
+    let starts = FirstAnswers {
+        size_mb: python_size as f64 / 1e6,
+        cold: spread(&cold.iter().map(|r| r.total).collect::<Vec<_>>()),
+        cold_after_start: spread(&cold.iter().map(|r| r.after_start).collect::<Vec<_>>()),
+        cached: spread(&cached.iter().map(|r| r.total).collect::<Vec<_>>()),
+        cached_after_start: spread(&cached.iter().map(|r| r.after_start).collect::<Vec<_>>()),
+    };
+    eprintln!(
+        "  cold {:.0} ms, cached {:.0} ms ({:.0} ms after start)",
+        starts.cold.median, starts.cached.median, starts.cached_after_start.median
+    );
+
+    eprintln!("wasi:http load: this shim vs wasmtime serve");
+    let mut loads = Vec::new();
+    for (name, image, file) in [
+        ("hello (C)", HELLO_HTTP, "hello-http.wasm"),
+        ("hello (Python)", PYTHON_HTTP, "python-http.wasm"),
+    ] {
+        let row = http::requests_per_second(
+            &containerd,
+            &wasmtime_cli,
+            image,
+            &images_dir().join(file),
+            16,
+            3,
+            5,
+        );
+        loads.push((name, row));
+    }
     drop(containerd);
 
-    let report = report(runs, &wasm_start, &runc_start, tasks, &rates, &memory);
+    let mut report = report(runs, &wasm_start, &runc_start, tasks, &rates, &memory);
+    report.push_str(&http_report(&starts, cold_runs, cached_runs, &loads));
     let out = shim_tests::workspace().join("target/bench");
     fs::create_dir_all(&out).expect("target/bench");
     fs::write(out.join("report.md"), &report).expect("write the report");
@@ -290,6 +352,69 @@ fn main() {
     .expect("plot");
     println!("{report}");
     println!("(written to {0}/report.md and {0}/plot.svg)", out.display());
+}
+
+struct FirstAnswers {
+    size_mb: f64,
+    cold: Spread,
+    cold_after_start: Spread,
+    cached: Spread,
+    cached_after_start: Spread,
+}
+
+fn http_report(
+    starts: &FirstAnswers,
+    cold_runs: usize,
+    cached_runs: usize,
+    loads: &[(&str, http::LoadRow)],
+) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "\n### Large component: first HTTP answer, cold vs cached ({:.1} MB Python component)\n",
+        starts.size_mb
+    );
+    let _ = writeln!(
+        r,
+        "| | runs | `ctr run -d` to first 200, median ms (p10–p90) | after start returned, median ms |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|");
+    for (name, runs, total, after) in [
+        ("cold (empty cache: compiles)", cold_runs, &starts.cold, &starts.cold_after_start),
+        ("cached (new shim, code mapped)", cached_runs, &starts.cached, &starts.cached_after_start),
+    ] {
+        let _ = writeln!(
+            r,
+            "| {name} | {runs} | {:.0} ({:.0}–{:.0}) | {:.0} |",
+            total.median, total.p10, total.p90, after.median
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\ncached / cold: **{:.3}**\n",
+        starts.cached.median / starts.cold.median
+    );
+    let _ = writeln!(
+        r,
+        "### wasi:http: this shim vs `wasmtime serve`, wrk 16 connections, median of 3 × 5 s\n"
+    );
+    let _ = writeln!(
+        r,
+        "| component | shim req/s | wasmtime serve req/s | shim / wasmtime | shim p99 ms | wasmtime p99 ms |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|");
+    for (name, row) in loads {
+        let _ = writeln!(
+            r,
+            "| {name} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.2} |",
+            row.shim.rps,
+            row.wasmtime.rps,
+            row.shim.rps / row.wasmtime.rps,
+            row.shim.p99_ms,
+            row.wasmtime.p99_ms
+        );
+    }
+    r
 }
 
 fn report(
