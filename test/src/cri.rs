@@ -238,9 +238,14 @@ state = "{dir}/state"
 
     /// RunPodSandbox with the `wasmtime` handler; returns the pod id.
     pub fn run_pod(&self, config: &PodSandboxConfig) -> String {
+        self.run_pod_with(config, HANDLER)
+    }
+
+    /// RunPodSandbox with the runtime handler `handler` (`wasmtime`, `runc`).
+    pub fn run_pod_with(&self, config: &PodSandboxConfig, handler: &str) -> String {
         let request = RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: HANDLER.into(),
+            runtime_handler: handler.into(),
         };
         self.call("RunPodSandbox", |mut c| async move {
             c.run_pod_sandbox(request).await

@@ -37,7 +37,15 @@ fn serve(containerd: &Containerd, image: &str, port: u16) -> String {
     let id = unique_id("bench-http");
     let env = format!("PORT={port}");
     let out = containerd.ctr(&[
-        "run", "-d", "--net-host", "--env", &env, "--runtime", RUNTIME, image, &id,
+        "run",
+        "-d",
+        "--net-host",
+        "--env",
+        &env,
+        "--runtime",
+        RUNTIME,
+        image,
+        &id,
     ]);
     assert_eq!(out.code, 0, "{image} did not start: {out:?}");
     id
@@ -52,7 +60,12 @@ pub struct FirstResponse {
 
 /// Starts `image` and times its first answer; with `cold`, the node's code
 /// cache is emptied first.
-pub fn first_response(containerd: &Containerd, image: &str, port: u16, cold: bool) -> FirstResponse {
+pub fn first_response(
+    containerd: &Containerd,
+    image: &str,
+    port: u16,
+    cold: bool,
+) -> FirstResponse {
     if cold {
         let code = containerd.dir().join("cache/code");
         for entry in std::fs::read_dir(&code).into_iter().flatten().flatten() {
@@ -124,7 +137,13 @@ fn parse_wrk_duration(text: &str) -> f64 {
 fn wasmtime_serve(wasmtime: &str, component: &std::path::Path, port: u16) -> Child {
     Command::new(wasmtime)
         // `-S cli=y`: the WASI the shim gives every component (Python needs it).
-        .args(["serve", "-S", "cli=y", "--addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "-S",
+            "cli=y",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+        ])
         .arg(component)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -14,6 +14,9 @@
 //!    grouped by the CRI sandbox-id annotation as kubelet's pods are): a
 //!    sleeping wasm guest vs the static `pause` binary under runc.
 //!
+//! 3b. CRI pod start: RunPodSandbox + CreateContainer + StartContainer until
+//!    the container has exited, through containerd's CRI plugin (`BENCH_PODS`
+//!    pods per side, default 20): a wasm pod vs a runc pod with a static hello.
 //! 4. Large component, cold vs cached: a Python wasi:http component (~18 MB,
 //!    CPython inside) started with an empty code cache, then with the code
 //!    cached; time to its first HTTP answer (`BENCH_COLD`, `BENCH_CACHED`).
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 use shim_tests::{images_dir, shim_servers, unique_id, Containerd, RUNTIME};
 
 mod http;
+mod pods;
 
 const RUNC: &str = "io.containerd.runc.v2";
 const HELLO: &str = "localhost/wasmtime-shim/hello:latest";
@@ -306,7 +310,12 @@ fn main() {
             cold.push(http::first_response(&containerd, PYTHON_HTTP, 18_080, true));
         }
         if n < cached_runs {
-            cached.push(http::first_response(&containerd, PYTHON_HTTP, 18_080, false));
+            cached.push(http::first_response(
+                &containerd,
+                PYTHON_HTTP,
+                18_080,
+                false,
+            ));
         }
     }
     let starts = FirstAnswers {
@@ -340,7 +349,17 @@ fn main() {
     }
     drop(containerd);
 
+    let pods: usize = env_or("BENCH_PODS", 20);
+    eprintln!("CRI pod start: {pods} pods each, alternating");
+    let (wasm_pods, runc_pods) = pods::pod_starts(pods);
+    let (wasm_pods, runc_pods) = (spread(&wasm_pods), spread(&runc_pods));
+    eprintln!(
+        "  wasm {:.0} ms, runc {:.0} ms (median)",
+        wasm_pods.median, runc_pods.median
+    );
+
     let mut report = report(runs, &wasm_start, &runc_start, tasks, &rates, &memory);
+    report.push_str(&pods_report(pods, &wasm_pods, &runc_pods));
     report.push_str(&http_report(&starts, cold_runs, cached_runs, &loads));
     let out = shim_tests::workspace().join("target/bench");
     fs::create_dir_all(&out).expect("target/bench");
@@ -352,6 +371,29 @@ fn main() {
     .expect("plot");
     println!("{report}");
     println!("(written to {0}/report.md and {0}/plot.svg)", out.display());
+}
+
+fn pods_report(pods: usize, wasm: &Spread, runc: &Spread) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "\n### CRI pod start: RunPodSandbox until the hello container has exited, {pods} pods each, alternating\n"
+    );
+    let _ = writeln!(r, "| | median ms | p10 ms | p90 ms |");
+    let _ = writeln!(r, "|---|---|---|---|");
+    for (name, s) in [("wasm pod (wasmtime handler)", wasm), ("runc pod", runc)] {
+        let _ = writeln!(
+            r,
+            "| {name} | {:.0} | {:.0} | {:.0} |",
+            s.median, s.p10, s.p90
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nwasm / runc median: **{:.2}**\n",
+        wasm.median / runc.median
+    );
+    r
 }
 
 struct FirstAnswers {
@@ -380,8 +422,18 @@ fn http_report(
     );
     let _ = writeln!(r, "|---|---|---|---|");
     for (name, runs, total, after) in [
-        ("cold (empty cache: compiles)", cold_runs, &starts.cold, &starts.cold_after_start),
-        ("cached (new shim, code mapped)", cached_runs, &starts.cached, &starts.cached_after_start),
+        (
+            "cold (empty cache: compiles)",
+            cold_runs,
+            &starts.cold,
+            &starts.cold_after_start,
+        ),
+        (
+            "cached (new shim, code mapped)",
+            cached_runs,
+            &starts.cached,
+            &starts.cached_after_start,
+        ),
     ] {
         let _ = writeln!(
             r,
