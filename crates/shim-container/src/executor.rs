@@ -158,9 +158,14 @@ impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         crate::zygote::close_inherited();
         crate::zygote::set_name(c"wasm-container");
+        let began = std::time::Instant::now();
         let prepared = self
             .prepare(spec)
             .map_err(ExecutorValidationError::ArgValidationError)?;
+        log::debug!(
+            "the guest was prepared in {:.1} ms",
+            began.elapsed().as_secs_f64() * 1e3
+        );
         // Before start: a SIGTERM sent right after start must not find the
         // process without a handler (it would be dropped, see below). An HTTP
         // server handles it itself (it drains); until its handlers are in
