@@ -126,6 +126,8 @@ fn serve(socket: OwnedFd) -> ! {
     }
     close_other_descriptors(socket.as_raw_fd());
     set_name(c"shim-zygote");
+    // Not the first container's bundle, which goes away before the pod does.
+    let _ = std::env::set_current_dir("/");
     // The shim's stdio at this point is `start`'s pipe, which containerd
     // reads to its end: holding it would hang every `start`.
     if let Ok(null) = std::fs::OpenOptions::new()
