@@ -201,6 +201,15 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
+        // Someone else's file (or, in a user namespace, one whose owner
+        // this process cannot see as itself): not ours to load or to remove.
+        let meta = artifact.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::other(format!(
+                "{name}{ARTIFACT} is not a regular file"
+            )));
+        }
+        check_private(Path::new(&format!("{name}{ARTIFACT}")), &meta)?;
         if let Err(reason) = self.verify(name, &artifact) {
             warn!("cache: refusing {name}{ARTIFACT} ({reason}); compiling the guest afresh");
             self.remove(name);
@@ -222,13 +231,8 @@ impl Cache {
         }
     }
 
-    /// Checks that `artifact` is a private regular file whose tag verifies.
+    /// Checks that the tag of `artifact` verifies.
     fn verify(&self, name: &str, artifact: &File) -> Result<(), String> {
-        let meta = artifact.metadata().map_err(|e| e.to_string())?;
-        if !meta.is_file() {
-            return Err("not a regular file".into());
-        }
-        check_private(Path::new(name), &meta).map_err(|e| e.to_string())?;
         let mut tag = [0u8; TAG_LEN + 1];
         let tag_len = match self.open_at(&format!("{name}{TAG}"), OFlag::O_RDONLY, 0) {
             Ok(fd) => read_up_to(&mut File::from(fd), &mut tag).map_err(|e| e.to_string())?,
@@ -275,9 +279,9 @@ impl Cache {
                 OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
                 0o400,
             )?;
-            let written = File::from(fd)
-                .write_all(contents)
-                .and_then(|()| fsync(self.code.as_raw_fd()).map_err(Into::into));
+            let mut file = File::from(fd);
+            // The data reaches the disk before the name does.
+            let written = file.write_all(contents).and_then(|()| file.sync_all());
             let renamed = written.and_then(|()| {
                 renameat(
                     Some(self.code.as_raw_fd()),
@@ -296,6 +300,7 @@ impl Cache {
                 return Err(e);
             }
         }
+        fsync(self.code.as_raw_fd())?;
         Ok(())
     }
 
