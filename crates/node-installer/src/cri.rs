@@ -21,6 +21,15 @@ pub type Handlers = Vec<(String, String)>;
 
 /// One `Status` call; the handlers in containerd's loaded config.
 pub fn handlers(socket: &Path) -> Result<Handlers, Error> {
+    let config = status_config(socket)?;
+    parse_handlers(&config).map_err(|message| Error::Cri {
+        socket: socket.to_path_buf(),
+        message,
+    })
+}
+
+/// One `Status(verbose)` call: containerd's CRI config JSON (`info["config"]`).
+pub fn status_config(socket: &Path) -> Result<String, Error> {
     let err = |message: String| Error::Cri {
         socket: socket.to_path_buf(),
         message,
@@ -51,11 +60,9 @@ pub fn handlers(socket: &Path) -> Result<Handlers, Error> {
             .map_err(|e| format!("Status: {}", e.message()))?;
         Ok::<_, String>(response.into_inner().info)
     });
-    let info = info.map_err(err)?;
-    let config = info
-        .get("config")
-        .ok_or_else(|| err("Status(verbose) has no info[\"config\"]".into()))?;
-    parse_handlers(config).map_err(err)
+    let mut info = info.map_err(err)?;
+    info.remove("config")
+        .ok_or_else(|| err("Status(verbose) has no info[\"config\"]".into()))
 }
 
 /// The runtimes in containerd's CRI config JSON (1.x and 2.x both name the

@@ -137,7 +137,8 @@ impl Host {
         }
     }
 
-    fn create_dirs(&self, host_dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    /// Creates `host_dir` and missing parents; returns those it created, outermost first.
+    pub fn create_dirs(&self, host_dir: &Path) -> Result<Vec<PathBuf>, Error> {
         let mut missing = Vec::new();
         let mut dir = Some(host_dir);
         while let Some(d) = dir {

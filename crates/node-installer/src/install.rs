@@ -114,7 +114,7 @@ pub fn install(options: &Options) -> Result<Outcome, Error> {
         }
     }
     if changes.any {
-        store.save(&state)?;
+        store.save(&mut state)?;
         log::info!("recorded the changes in {}", store.file().display());
     }
 
@@ -240,7 +240,7 @@ pub fn uninstall(options: &Options) -> Result<Outcome, Error> {
         kept.reverse();
         state.files = kept;
         state.dirs.clear();
-        store.save(&state)?;
+        store.save(&mut state)?;
         Err(Error::State {
             path: store.file(),
             message: format!(
@@ -453,8 +453,14 @@ fn plan_containerd(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan
             socket,
         });
     }
-    let (systemd_cgroup, has_runc) = runc_settings(&configs, version);
-    let with_runc = !has_runc && default_is_runc(&configs, version);
+    // The node's own settings: not those of a drop-in this installer wrote.
+    let node_configs: Vec<Config> = configs
+        .iter()
+        .filter(|c| !state.created(&c.path))
+        .cloned()
+        .collect();
+    let (systemd_cgroup, has_runc) = runc_settings(&node_configs, version);
+    let with_runc = !has_runc && default_is_runc(&node_configs, version);
     let want = WasmtimeRuntime {
         systemd_cgroup,
         with_runc,
@@ -662,7 +668,12 @@ fn plan_k0s(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan, Error
             socket: node.socket.clone(),
         });
     }
-    let (systemd_cgroup, _) = runc_settings(&configs, version);
+    let node_configs: Vec<Config> = configs
+        .iter()
+        .filter(|c| !state.created(&c.path))
+        .cloned()
+        .collect();
+    let (systemd_cgroup, _) = runc_settings(&node_configs, version);
     let text = config::drop_in(
         version,
         WasmtimeRuntime {

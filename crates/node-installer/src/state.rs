@@ -7,6 +7,7 @@
 //! written but keep the original, so uninstall always goes back to the
 //! node as it was before the first install.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -55,12 +56,17 @@ pub struct State {
     pub files: Vec<FileRecord>,
     /// Directories the installer created, outermost first.
     pub dirs: Vec<PathBuf>,
+    /// Directories created to hold this state file and the backups.
+    #[serde(default)]
+    pub state_dirs: Vec<PathBuf>,
 }
 
 /// The state file and backup directory of one node.
 pub struct Store<'a> {
     host: &'a Host,
     dir: PathBuf,
+    /// Directories created by this run for backups, not yet in the state.
+    created: RefCell<Vec<PathBuf>>,
 }
 
 impl<'a> Store<'a> {
@@ -68,6 +74,7 @@ impl<'a> Store<'a> {
         Self {
             host,
             dir: dir.to_path_buf(),
+            created: RefCell::new(Vec::new()),
         }
     }
 
@@ -91,7 +98,14 @@ impl<'a> Store<'a> {
             })
     }
 
-    pub fn save(&self, state: &State) -> Result<(), Error> {
+    /// Writes the state, first recording any directory created for it.
+    pub fn save(&self, state: &mut State) -> Result<(), Error> {
+        let created = self.host.create_dirs(&self.dir)?;
+        for dir in self.created.take().into_iter().chain(created) {
+            if !state.state_dirs.contains(&dir) {
+                state.state_dirs.push(dir);
+            }
+        }
         let mut json = serde_json::to_vec_pretty(state).map_err(|e| Error::State {
             path: self.file(),
             message: e.to_string(),
@@ -108,7 +122,8 @@ impl<'a> Store<'a> {
             .trim_start_matches('/')
             .replace('/', "_");
         let backup = self.backup_dir().join(name);
-        self.host.write_atomic(&backup, bytes, 0o600)?;
+        let created = self.host.write_atomic(&backup, bytes, 0o600)?;
+        self.created.borrow_mut().extend(created);
         Ok(Original::Present {
             backup,
             sha256: sha256(bytes),
@@ -127,6 +142,9 @@ impl<'a> Store<'a> {
         self.host.remove_file(&self.file())?;
         self.host.remove_dir_if_empty(&self.backup_dir())?;
         self.host.remove_dir_if_empty(&self.dir)?;
+        for dir in state.state_dirs.iter().rev() {
+            self.host.remove_dir_if_empty(dir)?;
+        }
         Ok(())
     }
 }
@@ -134,6 +152,12 @@ impl<'a> Store<'a> {
 impl State {
     pub fn record(&self, path: &Path) -> Option<&FileRecord> {
         self.files.iter().find(|r| r.path == path)
+    }
+
+    /// Whether the installer created `path` (a drop-in or template of its own).
+    pub fn created(&self, path: &Path) -> bool {
+        self.record(path)
+            .is_some_and(|r| r.original == Original::Absent)
     }
 
     /// Whether the installer wrote `path` (so a `wasmtime` runtime in it is ours).
