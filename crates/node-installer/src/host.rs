@@ -132,7 +132,7 @@ impl Host {
         match fs::remove_dir(&local) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc_enotempty()) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(false),
             Err(e) => Err(Error::io("removing the directory", host_path, e)),
         }
     }
@@ -154,12 +154,6 @@ impl Host {
         }
         Ok(missing)
     }
-}
-
-/// `ENOTEMPTY` on Linux; spelled out to avoid a libc dependency for one
-/// constant.
-const fn libc_enotempty() -> i32 {
-    39
 }
 
 /// Lower-case hex sha256, as `sha256sum` prints it.
