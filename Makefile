@@ -19,6 +19,7 @@ help:
 	@echo "make test     unit tests + end-to-end tests against a real containerd (root)"
 	@echo "make bench    start latency and memory vs runc, one run (report in target/bench/)"
 	@echo "make build | release | install | images | deps | fmt | lint"
+	@echo "make installer-image   the node installer's OCI image, static binaries (docs/installation.md)"
 
 build:
 	$(CARGO_BUILD)
@@ -120,6 +121,32 @@ $(IMAGES)/hello-artifact.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 
 images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-artifact.tar $(IMAGES)/pause.tar $(IMAGES)/hello-http.tar
 
+# --- the node installer (crates/node-installer, deploy/daemonset.yaml) -------
+# Its tests start containerd 1.7 and 2.1 from Debian's packages, unpacked here.
+installer-debs:
+	test/fetch-debs.sh target/debs
+
+# The installer image: the installer and the shim, both static (the image has
+# no libc), in their own target dir so they do not rebuild the debug tree.
+INSTALLER_IMAGE ?= localhost/wasmtime-shim/installer:latest
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_BIN := target/static/$(STATIC_TARGET)/release
+INSTALLER_BINS := $(STATIC_BIN)/containerd-wasmtime-installer $(STATIC_BIN)/$(SHIM)
+
+installer-image: $(WASM_OCI)
+	RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/static \
+		$(CARGO) build --release --target $(STATIC_TARGET) -p node-installer -p containerd-shim-wasmtime
+	@for b in $(INSTALLER_BINS); do \
+		if readelf -d $$b | grep -q NEEDED; then echo "$$b is not static:"; readelf -d $$b | grep NEEDED; exit 1; fi; \
+	done; echo "static: $(notdir $(INSTALLER_BINS))"
+	@mkdir -p $(IMAGES)
+	$(WASM_OCI) image --name $(INSTALLER_IMAGE) --entrypoint /containerd-wasmtime-installer \
+		--file $(STATIC_BIN)/containerd-wasmtime-installer:/containerd-wasmtime-installer \
+		--file $(STATIC_BIN)/$(SHIM):/$(SHIM) -o $(IMAGES)/installer.tar
+	@echo "$(IMAGES)/installer.tar: $(INSTALLER_IMAGE)"
+
+.PHONY: installer-debs installer-image
+
 # --- the README's two commands ----------------------------------------------
 demo: deps build images
 	$(CARGO) run -q -p shim-tests --bin demo
@@ -129,7 +156,7 @@ demo: deps build images
 unit-test:
 	$(CARGO) test --workspace --lib --bins
 
-e2e-test: build images
+e2e-test: build images installer-debs
 	$(CARGO) test --workspace --test '*' -- --test-threads=4
 
 # The Kubernetes manifests, checked offline against the Kubernetes schemas.
