@@ -142,9 +142,10 @@ pub fn detect(host: &Host, forced: Option<Kind>) -> Result<Node, Error> {
                         .collect();
                     return Err(Error::Unsupported(format!(
                         "no known containerd configuration under {}; looked for {}. \
-                         Other runtimes (CRI-O, Docker's containerd without CRI, a config \
-                         elsewhere) are not handled: configure the runtime by hand \
-                         (docs/kubernetes.md)",
+                         A stock containerd running without a config file needs one first \
+                         (`containerd config default > /etc/containerd/config.toml`); other \
+                         runtimes (CRI-O, a config elsewhere) are not handled: configure the \
+                         runtime by hand (docs/kubernetes.md)",
                         host.root().display(),
                         looked.join(", ")
                     )));

@@ -82,6 +82,11 @@ impl Host {
         mode: u32,
     ) -> Result<Vec<PathBuf>, Error> {
         let local = self.path(host_path)?;
+        // Renaming over a link would replace the link, not its target (and an
+        // absolute target would name a path outside the host mount).
+        if fs::symlink_metadata(&local).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::Symlink(host_path.to_path_buf()));
+        }
         let created = self.create_dirs(host_path.parent().unwrap_or(Path::new("/")))?;
         let dir = local.parent().unwrap_or(Path::new("/"));
         let name = local
@@ -190,5 +195,13 @@ mod tests {
             .unwrap();
         assert!(again.is_empty());
         assert_eq!(fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1);
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("a/link")).unwrap();
+        let err = host
+            .write_atomic(Path::new("/a/link"), b"x", 0o644)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/a/link is a symbolic link"),
+            "{err}"
+        );
     }
 }

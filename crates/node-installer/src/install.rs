@@ -158,6 +158,10 @@ pub fn uninstall(options: &Options) -> Result<Outcome, Error> {
     let mut kept = Vec::new();
     for record in state.files.iter().rev() {
         let current = host.read(&record.path)?;
+        if current.is_none() && record.original == Original::Absent {
+            log::info!("{} is gone already", record.path.display());
+            continue;
+        }
         let current_sha = current.as_deref().map(sha256);
         if current_sha.as_deref() != Some(record.written_sha256.as_str()) {
             log::warn!(

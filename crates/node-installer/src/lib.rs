@@ -82,6 +82,8 @@ pub enum Error {
     },
     #[error("host path {0} leaves the host root (has `..`)")]
     HostPath(PathBuf),
+    #[error("{0} is a symbolic link; the installer replaces only regular files (edit the file it points to by hand, or replace the link)")]
+    Symlink(PathBuf),
     #[error("{0} is not UTF-8 text")]
     NotUtf8(PathBuf),
     #[error("{path} is not valid TOML: {message}")]
