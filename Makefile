@@ -12,11 +12,17 @@ CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
 DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini curl
 
-.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test manifest-test bench fmt lint clean
+# The compatibility matrix: besides the machine's containerd (1.6, Debian 12),
+# the e2e suites run against these, Debian trixie's (1.7) and sid's (2.1)
+# packages unpacked into $(DEBS) by test/fetch-debs.sh (docs/compatibility.md).
+DEBS := target/debs
+CONTAINERD_MATRIX := 1.7 2.1
+
+.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test e2e-matrix manifest-test bench fmt lint clean
 
 help:
 	@echo "make demo     run a wasm program through a private containerd with this shim"
-	@echo "make test     unit tests + end-to-end tests against a real containerd (root)"
+	@echo "make test     unit tests + end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
 	@echo "make bench    start latency and memory vs runc, one run (report in target/bench/)"
 	@echo "make build | release | install | images | deps | fmt | lint"
 	@echo "make installer-image   the node installer's OCI image, static binaries (docs/installation.md)"
@@ -38,6 +44,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
+	test/fetch-debs.sh $(DEBS)
 
 # --- images: the demo and test programs, as OCI image tarballs -------------
 $(WASM_OCI): $(wildcard crates/wasm-image-builder/src/*.rs)
@@ -157,14 +164,28 @@ unit-test:
 	$(CARGO) test --workspace --lib --bins
 
 e2e-test: build images installer-debs
+	@echo "== e2e tests against containerd $$(containerd --version | cut -d' ' -f3) (the machine's)"
 	$(CARGO) test --workspace --test '*' -- --test-threads=4
+
+# The shim-tests suites once per other containerd version; the harness runs the
+# containerd, ctr and runc shim of CONTAINERD_DIR. Every version runs, then
+# the target fails if any did.
+e2e-matrix: build images
+	@failed=""; for v in $(CONTAINERD_MATRIX); do \
+		dir=$(CURDIR)/$(DEBS)/containerd-$$v/usr/bin; \
+		echo "== e2e tests against containerd $$($$dir/containerd --version | cut -d' ' -f3) ($$dir)"; \
+		CONTAINERD_DIR=$$dir $(CARGO) test -p shim-tests --test '*' -- --test-threads=4 \
+			|| failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== e2e tests FAILED against containerd:$$failed"; exit 1; fi; \
+	echo "== e2e tests passed against containerd $(CONTAINERD_MATRIX)"
 
 # The Kubernetes manifests, checked offline against the Kubernetes schemas.
 MANIFESTS := $(shell find deploy -name '*.yaml' ! -name kustomization.yaml)
 manifest-test:
 	kubernetes-validate --strict $(MANIFESTS)
 
-test: deps unit-test manifest-test e2e-test
+test: deps unit-test manifest-test e2e-test e2e-matrix
 
 # Numbers, not pass/fail, so not part of `make test`. The harness is a debug
 # build; the shim it measures is the release build. The reference `wasmtime

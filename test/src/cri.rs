@@ -91,32 +91,11 @@ impl CriNode {
   {"type": "loopback"}]}"#,
         )
         .unwrap();
-        let config = format!(
-            r#"version = 2
-root = "{dir}/root"
-state = "{dir}/state"
-[grpc]
-  address = "{dir}/containerd.sock"
-[ttrpc]
-  address = "{dir}/containerd.sock.ttrpc"
-[debug]
-  level = "debug"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{dir}/cni"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
-      runtime_type = "io.containerd.wasmtime.v1"
-      pod_annotations = ["wasmtime.containerd.io/*"]
-      container_annotations = ["wasmtime.containerd.io/*"]
-"#
-        );
+        let config = if crate::containerd_version().is_v2() {
+            config_v3(&dir)
+        } else {
+            config_v2(&dir)
+        };
         fs::write(self.dir.join("config.toml"), config).unwrap();
     }
 
@@ -133,7 +112,7 @@ state = "{dir}/state"
     }
 
     fn ctr(&self, args: &[&str]) -> String {
-        let out = Command::new("ctr")
+        let out = Command::new(crate::ctr_binary())
             .arg("--address")
             .arg(self.socket())
             .args(["--namespace", "k8s.io"])
@@ -146,6 +125,21 @@ state = "{dir}/state"
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The CRI's plugins and their status, from `ctr plugins ls`.
+    fn cri_plugins(&self) -> String {
+        let out = Command::new(crate::ctr_binary())
+            .arg("--address")
+            .arg(self.socket())
+            .args(["plugins", "ls"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.lines()
+            .filter(|l| l.contains("cri") || l.starts_with("TYPE"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn wait_ready(&mut self) {
@@ -180,7 +174,9 @@ state = "{dir}/state"
             }
             assert!(
                 Instant::now() < deadline,
-                "the CRI plugin did not come up:\n{}",
+                "the CRI plugin did not come up (containerd {}):\n{}\n{}",
+                crate::containerd_version(),
+                self.cri_plugins(),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -417,6 +413,76 @@ state = "{dir}/state"
             || self.log(),
         );
     }
+}
+
+/// The CRI node's config for containerd 1.6 and 1.7 (`version = 2`): one
+/// plugin, `io.containerd.grpc.v1.cri`, holds images, runtimes and CNI.
+fn config_v2(dir: &impl std::fmt::Display) -> String {
+    format!(
+        r#"version = 2
+root = "{dir}/root"
+state = "{dir}/state"
+[grpc]
+  address = "{dir}/containerd.sock"
+[ttrpc]
+  address = "{dir}/containerd.sock.ttrpc"
+[debug]
+  level = "debug"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{dir}/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmtime.containerd.io/*"]
+      container_annotations = ["wasmtime.containerd.io/*"]
+"#
+    )
+}
+
+/// The same for containerd 2.x (`version = 3`): the CRI's config is split
+/// into `io.containerd.cri.v1.images` (the sandbox image is a pinned image)
+/// and `io.containerd.cri.v1.runtime` (runtimes, CNI, restrict_oom_score_adj);
+/// `io.containerd.grpc.v1.cri` is only the gRPC service. 2.x also enables NRI
+/// by default, listening on the host-wide `/var/run/nri/nri.sock`: a second
+/// node on the machine would fail to start ("failed to set up NRI for CRI
+/// service ... address already in use"), so each node has its own socket.
+fn config_v3(dir: &impl std::fmt::Display) -> String {
+    format!(
+        r#"version = 3
+root = "{dir}/root"
+state = "{dir}/state"
+[grpc]
+  address = "{dir}/containerd.sock"
+[ttrpc]
+  address = "{dir}/containerd.sock.ttrpc"
+[debug]
+  level = "debug"
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "{dir}/nri.sock"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{dir}/cni"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmtime.containerd.io/*"]
+      container_annotations = ["wasmtime.containerd.io/*"]
+"#
+    )
 }
 
 /// What kubelet asks for unless a pod sets `shareProcessNamespace`: every

@@ -6,6 +6,13 @@
 //! test failed: tasks and containers, containerd (by PID), any shim or guest
 //! process whose command line names the directory, and every mount under it.
 //!
+//! The containerd under test is the machine's (`containerd` and `ctr` on
+//! `PATH`), or the one in `CONTAINERD_DIR`: a directory holding `containerd`,
+//! `ctr` and that version's `containerd-shim-runc-v2` side by side (`make test`
+//! runs the suites once more with containerd 1.7 and 2.1 that way). The
+//! harness reads its version and writes the config that version reads:
+//! `version = 2` for 1.x, `version = 3` and the 2.x plugin names for 2.x.
+//!
 //! These tests need root and containerd; without them they say so and fail,
 //! so a CI without root cannot pass silently.
 
@@ -49,10 +56,95 @@ fn require_root_and_containerd() {
         nix_is_root(),
         "these tests start containerd and need root (CI runs them as root)"
     );
-    assert!(
-        which("containerd") && which("ctr"),
-        "these tests need containerd and ctr on PATH (`make deps`)"
-    );
+    match containerd_dir() {
+        Some(dir) => assert!(
+            ["containerd", "ctr", "containerd-shim-runc-v2"]
+                .iter()
+                .all(|b| dir.join(b).is_file()),
+            "CONTAINERD_DIR={} must hold containerd, ctr and containerd-shim-runc-v2",
+            dir.display()
+        ),
+        None => assert!(
+            which("containerd") && which("ctr"),
+            "these tests need containerd and ctr on PATH (`make deps`)"
+        ),
+    }
+    // Once per test binary: which containerd this run is against.
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| eprintln!("containerd under test: {}", containerd_version()));
+}
+
+/// `CONTAINERD_DIR`: the directory of the containerd under test, if not the
+/// machine's.
+pub fn containerd_dir() -> Option<PathBuf> {
+    std::env::var_os("CONTAINERD_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The `containerd` binary under test.
+pub fn containerd_binary() -> PathBuf {
+    containerd_dir()
+        .map(|d| d.join("containerd"))
+        .unwrap_or_else(|| PathBuf::from("containerd"))
+}
+
+/// The `ctr` binary of the containerd under test.
+pub fn ctr_binary() -> PathBuf {
+    containerd_dir()
+        .map(|d| d.join("ctr"))
+        .unwrap_or_else(|| PathBuf::from("ctr"))
+}
+
+/// The version of the containerd under test, from `containerd --version`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerdVersion {
+    pub major: u32,
+    pub minor: u32,
+    /// As containerd prints it, e.g. `1.7.24~ds1` or `2.1.9+unknown`.
+    pub text: String,
+}
+
+impl std::fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.text, containerd_binary().display())
+    }
+}
+
+impl ContainerdVersion {
+    /// From `containerd --version`'s output:
+    /// `containerd github.com/containerd/containerd/v2 2.1.9+unknown <revision>`.
+    pub fn parse(output: &str) -> Option<Self> {
+        let text = output.split_whitespace().nth(2)?.trim_start_matches('v');
+        let mut numbers = text
+            .split(|c: char| !c.is_ascii_digit())
+            .map(str::parse::<u32>);
+        Some(Self {
+            major: numbers.next()?.ok()?,
+            minor: numbers.next()?.ok()?,
+            text: text.to_string(),
+        })
+    }
+
+    /// containerd 2.x: config `version = 3`, CRI split into
+    /// `io.containerd.cri.v1.{runtime,images}`.
+    pub fn is_v2(&self) -> bool {
+        self.major >= 2
+    }
+}
+
+/// The version of the containerd under test (asked once per test binary).
+pub fn containerd_version() -> &'static ContainerdVersion {
+    static VERSION: std::sync::OnceLock<ContainerdVersion> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let out = Command::new(containerd_binary())
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{} --version: {e}", containerd_binary().display()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        ContainerdVersion::parse(&text)
+            .unwrap_or_else(|| panic!("cannot read the version in {text:?}"))
+    })
 }
 
 fn nix_is_root() -> bool {
@@ -106,7 +198,7 @@ impl Containerd {
         require_root_and_containerd();
         let dir = tempdir();
         let config = format!(
-            r#"version = 2
+            r#"version = {config_version}
 root = "{dir}/root"
 state = "{dir}/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
@@ -117,6 +209,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [debug]
   level = "{level}"
 "#,
+            // 2.x keeps the CRI's config plugins (cri.v1.runtime, cri.v1.images)
+            // loaded: the sandbox controllers depend on them. Without the CRI
+            // gRPC service they do nothing.
+            config_version = if containerd_version().is_v2() { 3 } else { 2 },
             dir = dir.display()
         );
         fs::write(dir.join("config.toml"), config).expect("write containerd config");
@@ -146,8 +242,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.socket().exists() && self.ctr(&["version"]).code == 0 {
-                return;
+            if self.socket().exists() {
+                let out = self.ctr(&["version"]);
+                if out.code == 0 {
+                    assert_serves_version(&out.stdout);
+                    return;
+                }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("containerd exited with {status}:\n{}", self.log());
@@ -171,7 +271,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
+        let mut command = Command::new(ctr_binary());
         command
             .arg("--address")
             .arg(self.socket())
@@ -382,8 +482,25 @@ impl Drop for Containerd {
     }
 }
 
+/// Asserts that the daemon answering `ctr version` (its output) is the
+/// containerd under test.
+fn assert_serves_version(ctr_version: &str) {
+    let server = ctr_version
+        .split("Server:")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.trim().strip_prefix("Version:")))
+        .map(str::trim)
+        .unwrap_or_default();
+    let expected = &containerd_version().text;
+    assert!(
+        server.trim_start_matches('v') == expected,
+        "the daemon serves containerd {server:?}, the harness expected {expected}"
+    );
+}
+
 /// Starts `containerd --config <dir>/config.toml` with the shim under test
-/// first on its `PATH`, appending to `<dir>/containerd.log`; inside the network
+/// first on its `PATH` (then `CONTAINERD_DIR`, so containerd finds that
+/// version's runc shim), appending to `<dir>/containerd.log`; inside the network
 /// namespace `netns` if given (with `nsenter --net`: `ip netns exec` would
 /// remount /sys and hide the cgroups).
 ///
@@ -397,11 +514,12 @@ fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
         .append(true)
         .open(dir.join("containerd.log"))
         .expect("containerd log");
-    let path = format!(
-        "{}:{}",
-        shim_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let mut path = vec![shim_dir()];
+    path.extend(containerd_dir());
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(path).expect("PATH");
     let mut command = match netns {
         Some(netns) => {
             let mut command = Command::new("nsenter");
@@ -411,7 +529,8 @@ fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
         None => Command::new("tini"),
     };
     command
-        .args(["-s", "--", "containerd"])
+        .args(["-s", "--"])
+        .arg(containerd_binary())
         .arg("--config")
         .arg(dir.join("config.toml"))
         .env("PATH", path)
@@ -434,9 +553,13 @@ fn stop_containerd(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Whether a command line is containerd itself or the tini above it.
+/// Whether a command line is containerd itself (`containerd --config`, or
+/// `/path/to/containerd --config`) or the tini above it.
 fn is_daemon(cmdline: &str) -> bool {
-    cmdline.starts_with("containerd --config") || cmdline.starts_with("tini -s")
+    let mut words = cmdline.split_whitespace();
+    let program = words.next().unwrap_or_default();
+    (program.rsplit('/').next() == Some("containerd") && words.next() == Some("--config"))
+        || cmdline.starts_with("tini -s")
 }
 
 /// Kills every process whose command line names `dir`, unmounts everything
