@@ -123,10 +123,17 @@ $(IMAGES)/python-http.tar: $(IMAGES)/python-http.wasm $(WASM_OCI)
 	$(WASM_OCI) image --name localhost/wasmtime-shim/python-http:latest --entrypoint /python-http.wasm \
 		--file $<:/python-http.wasm -o $@
 
+# The same program as an image of platform wasi/wasm (what `docker buildx
+# --platform wasi/wasm` publishes): containerd imports it only when asked for
+# that platform (docs/compatibility.md).
+$(IMAGES)/hello-wasi.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
+	$(WASM_OCI) image --platform wasi/wasm --name localhost/wasmtime-shim/hello-wasi:latest \
+		--entrypoint /hello.wasm --file $<:/hello.wasm -o $@
+
 $(IMAGES)/hello-artifact.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 	$(WASM_OCI) artifact --name localhost/wasmtime-shim/hello-artifact:latest --wasm $< -o $@
 
-images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-artifact.tar $(IMAGES)/pause.tar $(IMAGES)/hello-http.tar
+images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-wasi.tar $(IMAGES)/hello-artifact.tar $(IMAGES)/pause.tar $(IMAGES)/hello-http.tar
 
 # --- the node installer (crates/node-installer, deploy/daemonset.yaml) -------
 # Its tests start containerd 1.7 and 2.1 from Debian's packages, unpacked here.

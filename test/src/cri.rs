@@ -111,6 +111,16 @@ impl CriNode {
         &self.dir
     }
 
+    /// `ctr -n k8s.io images import [flags] target/images/<tarball>`, as a
+    /// node's images are preloaded.
+    pub fn import(&self, tarball: &str, flags: &[&str]) {
+        let path = images_dir().join(tarball);
+        let mut args = vec!["images", "import"];
+        args.extend(flags);
+        args.push(path.to_str().expect("utf-8 path"));
+        self.ctr(&args);
+    }
+
     fn ctr(&self, args: &[&str]) -> String {
         let out = Command::new(crate::ctr_binary())
             .arg("--address")

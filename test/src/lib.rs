@@ -291,14 +291,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Imports an image tarball from `target/images`.
     pub fn import(&self, tarball: &str) {
+        let out = self.try_import(tarball, &[]);
+        assert_eq!(out.code, 0, "import {tarball}: {out:?}");
+    }
+
+    /// `ctr images import [flags] target/images/<tarball>`.
+    pub fn try_import(&self, tarball: &str, flags: &[&str]) -> CtrOutput {
         let path = images_dir().join(tarball);
         assert!(
             path.is_file(),
             "{} is missing: run `make images`",
             path.display()
         );
-        let out = self.ctr(&["images", "import", path.to_str().expect("utf-8 path")]);
-        assert_eq!(out.code, 0, "import {tarball}: {out:?}");
+        let mut args = vec!["images", "import"];
+        args.extend(flags);
+        args.push(path.to_str().expect("utf-8 path"));
+        self.ctr(&args)
     }
 
     /// `ctr run --rm` with the wasmtime runtime; `extra` are flags before the image.

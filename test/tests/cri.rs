@@ -353,3 +353,22 @@ fn a_pod_sharing_its_pid_namespace_runs_all_its_containers() {
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&ids);
 }
+
+#[test]
+fn a_pod_runs_an_image_of_platform_wasi_wasm() {
+    // Preloaded as `ctr -n k8s.io images import --all-platforms` (without it
+    // ctr keeps only linux/amd64 and the image is not there at all).
+    let node = CriNode::start();
+    node.import("hello-wasi.tar", &["--all-platforms"]);
+    let pod_config = node.pod_config("wasi");
+    let pod = node.run_pod(&pod_config);
+    let config =
+        CriNode::container_config("wasi", "localhost/wasmtime-shim/hello-wasi:latest", &[]);
+    let id = node.start_container(&pod, &pod_config, config);
+    let status = node.wait_exited(&id);
+    assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+    let log = std::fs::read_to_string(node.dir().join("logs/wasi/wasi.log")).unwrap();
+    assert!(log.contains("stdout F Hello from WebAssembly!"), "{log}");
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod, id]);
+}

@@ -513,3 +513,39 @@ fn the_node_cache_compiles_a_guest_once_and_never_loads_a_changed_artifact() {
     assert_eq!(count("refusing"), 1, "{}", c.log());
     assert_eq!(count("/wasitest.wasm: compiled into the node's cache"), 2);
 }
+
+#[test]
+fn an_image_of_platform_wasi_wasm_runs_once_imported_for_that_platform() {
+    // What `docker buildx --platform wasi/wasm` publishes: the image index
+    // names platform wasi/wasm, not the node's linux/amd64.
+    let c = Containerd::start();
+    let image = "localhost/wasmtime-shim/hello-wasi:latest";
+    // `ctr images import` keeps only the node's platform unless told otherwise.
+    let out = c.try_import("hello-wasi.tar", &[]);
+    assert!(
+        out.code != 0 && out.stderr.contains("image might be filtered out"),
+        "{out:?}"
+    );
+    assert!(!c.ctr(&["images", "ls", "-q"]).stdout.contains(image));
+    for (flags, n) in [
+        (&["--platform", "wasi/wasm"][..], 0),
+        (&["--all-platforms"], 1),
+    ] {
+        c.ctr(&["images", "rm", image]);
+        let out = c.try_import("hello-wasi.tar", flags);
+        assert_eq!(out.code, 0, "{flags:?}: {out:?}");
+        for platform in [&["--platform", "wasi/wasm"][..], &[]] {
+            let id = unique_id(&format!("wasi{n}"));
+            let out = c.run(&id, image, platform, &[]);
+            assert_eq!(
+                (out.code, out.stdout.lines().next()),
+                (
+                    0,
+                    Some("Hello from WebAssembly! Running in wasmtime under containerd.")
+                ),
+                "import {flags:?}, run {platform:?}: {out:?}"
+            );
+            c.assert_clean(&[&id]);
+        }
+    }
+}
