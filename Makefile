@@ -181,7 +181,7 @@ e2e-matrix: build images
 	@failed=""; for v in $(CONTAINERD_MATRIX); do \
 		dir=$(CURDIR)/$(DEBS)/containerd-$$v/usr/bin; \
 		echo "== e2e tests against containerd $$($$dir/containerd --version | cut -d' ' -f3) ($$dir)"; \
-		CONTAINERD_DIR=$$dir $(CARGO) test -p shim-tests --test '*' -- --test-threads=4 \
+		CONTAINERD_DIR=$$dir $(CARGO) test -p shim-tests --test '*' --no-fail-fast -- --test-threads=4 \
 			|| failed="$$failed $$v"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "== e2e tests FAILED against containerd:$$failed"; exit 1; fi; \

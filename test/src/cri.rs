@@ -36,8 +36,35 @@ pub struct CriNode {
 }
 
 fn run(command: &mut Command) {
-    let status = command.status().expect("run command");
-    assert!(status.success(), "{command:?} failed");
+    let out = command.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip netns add name`, tried three times: concurrent `ip netns add` and
+/// `ip netns del` of parallel tests race on the mounts under /run/netns.
+fn add_netns(name: &str) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .map_err(|e| format!("ip netns add: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        tries += 1;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if tries == 3 {
+            return Err(format!("ip netns add {name} failed: {stderr}"));
+        }
+        eprintln!("ip netns add {name} failed ({stderr}), trying again");
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl CriNode {
@@ -54,7 +81,10 @@ impl CriNode {
                 .collect::<Vec<_>>()
                 .join("-")
         );
-        run(Command::new("ip").args(["netns", "add", &netns]));
+        if let Err(e) = add_netns(&netns) {
+            let _ = fs::remove_dir_all(&dir);
+            panic!("{e}");
+        }
         let mut node = Self {
             dir,
             netns,
