@@ -270,14 +270,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
+    /// `ctr` against this containerd. `ctr run` gets `--fifo-dir` in this
+    /// directory: its stdio fifos are removed only by a `ctr task rm`, so the
+    /// tasks containerd deletes by itself (a killed shim; 1.7+ at start) would
+    /// leave them in the host's /run/containerd/fifo.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(ctr_binary());
         command
             .arg("--address")
             .arg(self.socket())
             .arg("--namespace")
-            .arg(NAMESPACE)
-            .args(args);
+            .arg(NAMESPACE);
+        match args.split_first() {
+            Some((&"run", rest)) => command
+                .arg("run")
+                .arg("--fifo-dir")
+                .arg(self.dir.join("fifo"))
+                .args(rest),
+            _ => command.args(args),
+        };
         command
     }
 
