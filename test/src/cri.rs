@@ -100,6 +100,7 @@ impl CriNode {
         let child = crate::spawn_containerd(&node.dir, Some(&node.netns));
         node.containerd = Some(child);
         node.wait_ready();
+        node.assert_cri_plugins_ok();
         for image in ["pause.tar", "wasm-test.tar", "hello-http.tar"] {
             node.ctr(&[
                 "images",
@@ -180,6 +181,32 @@ impl CriNode {
             .filter(|l| l.contains("cri") || l.starts_with("TYPE"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// `ctr plugins ls` shows the CRI's plugins `ok`: the gRPC service and,
+    /// on 2.x, the runtime and images plugins it is split into.
+    fn assert_cri_plugins_ok(&self) {
+        let plugins = self.cri_plugins();
+        let mut wanted = vec![("io.containerd.grpc.v1", "cri")];
+        if crate::containerd_version().is_v2() {
+            wanted.extend([
+                ("io.containerd.cri.v1", "runtime"),
+                ("io.containerd.cri.v1", "images"),
+            ]);
+        }
+        for (kind, id) in wanted {
+            assert!(
+                plugins.lines().any(|l| {
+                    let cols: Vec<_> = l.split_whitespace().collect();
+                    cols.first() == Some(&kind)
+                        && cols.get(1) == Some(&id)
+                        && cols.last() == Some(&"ok")
+                }),
+                "{kind}.{id} is not ok (containerd {}):\n{plugins}\n{}",
+                crate::containerd_version(),
+                self.log()
+            );
+        }
     }
 
     fn wait_ready(&mut self) {
