@@ -51,3 +51,33 @@ fn unknown_flags_fail_cleanly_without_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn containerd_2_reads_the_runtime_info_through_the_shim() {
+    // containerd 2.x asks a runtime for its info by running `shim -info`
+    // (the introspection API; `ctr plugins inspect-runtime`). containerd 1.x
+    // has no such call, so on 1.x there is nothing to check.
+    let version = shim_tests::containerd_version();
+    if !version.is_v2() {
+        eprintln!("containerd {version} has no runtime introspection (`-info`): nothing to check");
+        return;
+    }
+    let c = shim_tests::Containerd::start();
+    let out = c.ctr(&[
+        "plugins",
+        "inspect-runtime",
+        "--runtime",
+        shim_tests::RUNTIME,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", c.log());
+    assert!(
+        out.stdout
+            .contains(r#""Name": "io.containerd.wasmtime.v1""#),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!(r#""Version": "{}""#, env!("CARGO_PKG_VERSION"))),
+        "{out:?}"
+    );
+}
