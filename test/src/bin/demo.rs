@@ -4,7 +4,10 @@
 use shim_tests::{unique_id, Containerd, RUNTIME};
 
 fn main() {
-    println!("starting a private containerd (1.6, Debian) with {RUNTIME} on its PATH");
+    println!(
+        "starting a private containerd {} with {RUNTIME} on its PATH",
+        shim_tests::containerd_version()
+    );
     let containerd = Containerd::start();
     containerd.import("hello.tar");
     let id = unique_id("demo");
