@@ -192,7 +192,11 @@ MANIFESTS := $(shell find deploy -name '*.yaml' ! -name kustomization.yaml)
 manifest-test:
 	kubernetes-validate --strict $(MANIFESTS)
 
-test: deps unit-test manifest-test e2e-test e2e-matrix
+# The machine's containerd, then the matrix, even when the first fails: the
+# output shows every version's results before make fails.
+test: deps unit-test manifest-test
+	@status=0; $(MAKE) --no-print-directory e2e-test || status=1; \
+	$(MAKE) --no-print-directory e2e-matrix || status=1; exit $$status
 
 # Numbers, not pass/fail, so not part of `make test`. The harness is a debug
 # build; the shim it measures is the release build. The reference `wasmtime
