@@ -177,7 +177,7 @@ e2e-test: build images installer-debs
 # The shim-tests suites once per other containerd version; the harness runs the
 # containerd, ctr and runc shim of CONTAINERD_DIR. Every version runs, then
 # the target fails if any did.
-e2e-matrix: build images
+e2e-matrix: build images installer-debs
 	@failed=""; for v in $(CONTAINERD_MATRIX); do \
 		dir=$(CURDIR)/$(DEBS)/containerd-$$v/usr/bin; \
 		echo "== e2e tests against containerd $$($$dir/containerd --version | cut -d' ' -f3) ($$dir)"; \
