@@ -680,3 +680,41 @@ pub fn unique_id(name: &str) -> String {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{name}-{}-{n}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ContainerdVersion;
+
+    #[test]
+    fn reads_the_versions_debian_packages_print() {
+        for (output, major, minor, v2) in [
+            (
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3",
+                1,
+                6,
+                false,
+            ),
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1",
+                1,
+                7,
+                false,
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown ",
+                2,
+                1,
+                true,
+            ),
+            ("containerd containerd.io v2.0.0 207ad711", 2, 0, true),
+        ] {
+            let v = ContainerdVersion::parse(output).expect(output);
+            assert_eq!(
+                (v.major, v.minor, v.is_v2()),
+                (major, minor, v2),
+                "{output}"
+            );
+        }
+        assert_eq!(ContainerdVersion::parse("containerd"), None);
+    }
+}
