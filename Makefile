@@ -10,7 +10,7 @@ SHIM := containerd-shim-wasmtime-v1
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini curl
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry
 
 # The compatibility matrix: besides the machine's containerd (1.6, Debian 12),
 # the e2e suites run against these, Debian trixie's (1.7) and sid's (2.1)

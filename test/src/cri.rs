@@ -18,6 +18,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -33,6 +34,7 @@ pub struct CriNode {
     containerd: Option<Child>,
     runtime: tokio::runtime::Runtime,
     client: Option<RuntimeServiceClient<Channel>>,
+    images: Option<ImageServiceClient<Channel>>,
 }
 
 fn run(command: &mut Command) {
@@ -94,6 +96,7 @@ impl CriNode {
                 .build()
                 .expect("tokio"),
             client: None,
+            images: None,
         };
         run(Command::new("ip").args(["-n", &node.netns, "link", "set", "lo", "up"]));
         node.write_config();
@@ -227,12 +230,13 @@ impl CriNode {
                         }))
                         .await
                         .ok()?;
-                    let mut client = RuntimeServiceClient::new(channel);
+                    let mut client = RuntimeServiceClient::new(channel.clone());
                     client.status(StatusRequest { verbose: false }).await.ok()?;
-                    Some(client)
+                    Some((client, ImageServiceClient::new(channel)))
                 });
-                if let Some(client) = connected {
+                if let Some((client, images)) = connected {
                     self.client = Some(client);
+                    self.images = Some(images);
                     return;
                 }
             }
@@ -252,6 +256,26 @@ impl CriNode {
 
     fn client(&self) -> RuntimeServiceClient<Channel> {
         self.client.clone().expect("connected")
+    }
+
+    /// The network namespace containerd and its pods run in.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// CRI PullImage, as kubelet pulls `image`; the image's reference or the error.
+    pub fn pull_image(&self, image: &str) -> Result<String, tonic::Status> {
+        let mut images = self.images.clone().expect("connected");
+        let request = PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.runtime
+            .block_on(images.pull_image(request))
+            .map(|r| r.into_inner().image_ref)
     }
 
     /// Calls the CRI runtime service; panics with the status on error.

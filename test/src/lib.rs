@@ -17,6 +17,7 @@
 //! so a CI without root cannot pass silently.
 
 pub mod cri;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::fs;

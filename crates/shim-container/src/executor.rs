@@ -48,22 +48,32 @@ pub struct WasmExecutor {
     pub cache: Option<Arc<Cache>>,
     /// The engine the zygote created for every container of the pod.
     pub engine: Option<Engine>,
+    /// The image's wasm layer, when the guest is not a file of the root.
+    pub layer: Option<Arc<(std::fs::File, crate::helper::LayerFile)>>,
 }
 
 impl WasmExecutor {
     fn prepare(&self, spec: &Spec) -> Result<Workload, String> {
-        let process = WasmProcess::from_spec(spec).map_err(|e| e.to_string())?;
+        let layer = self.layer.as_deref();
+        let process = WasmProcess::from_spec_or(spec, layer.map(|(_, l)| l.name.as_str()))
+            .map_err(|e| e.to_string())?;
         let entry = &process.entrypoint;
         let path = entry.resolve(&process.cwd, process.path_env(), Path::is_file);
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "entrypoint {:?} not found in the container (looked for {shown})",
-                entry.path
-            ),
-            _ => format!("cannot read entrypoint {shown}: {e}"),
-        })?;
-        if is_native_executable(&bytes) {
+        let (shown, bytes) = match layer {
+            Some((file, layer)) => (layer.shown.clone(), read_layer(file, &layer.shown)?),
+            None => {
+                let shown = path.display().to_string();
+                let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => format!(
+                        "entrypoint {:?} not found in the container (looked for {shown})",
+                        entry.path
+                    ),
+                    _ => format!("cannot read entrypoint {shown}: {e}"),
+                })?;
+                (shown, bytes)
+            }
+        };
+        if layer.is_none() && is_native_executable(&bytes) {
             log::info!("{shown}: a native executable; running it as a Linux container");
             // Not DefaultExecutor::validate: it insists on PATH even for an
             // absolute path (pause images set none); the path is resolved already.
@@ -144,6 +154,19 @@ impl WasmExecutor {
             None => Ok(Workload::Wasm(program, invocation)),
         }
     }
+}
+
+/// Reads a stored wasm layer from the descriptor the helper opened.
+fn read_layer(file: &std::fs::File, shown: &str) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    let size = file
+        .metadata()
+        .map_err(|e| format!("{shown}: cannot read its wasm layer: {e}"))?
+        .len();
+    let mut bytes = vec![0; usize::try_from(size).map_err(|e| e.to_string())?];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| format!("{shown}: cannot read its wasm layer: {e}"))?;
+    Ok(bytes)
 }
 
 /// Listens on `port` on every address of the container's network namespace:

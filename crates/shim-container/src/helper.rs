@@ -14,7 +14,7 @@
 //! with the guest's stdin as the helper's stdin, and reads one JSON
 //! [`CreateResponse`] from the helper's stdout.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -43,6 +43,21 @@ pub struct CreateRequest {
     pub stderr: Option<PathBuf>,
     pub systemd_cgroup: bool,
     pub debug: bool,
+    /// The guest when it is a wasm layer of the image rather than a file of
+    /// the root (see `shim_image::layers`).
+    #[serde(default)]
+    pub layer: Option<LayerFile>,
+}
+
+/// A wasm layer stored on the host, to run instead of an entrypoint file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerFile {
+    /// The stored layer, opened on the host before the container is cloned.
+    pub path: PathBuf,
+    /// How logs and errors name it (image and digest).
+    pub shown: String,
+    /// argv[0] when the container names no command.
+    pub name: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,7 +171,7 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
         }
     }
     let began = std::time::Instant::now();
-    adapt_spec(&request.bundle)?;
+    adapt_spec(&request.bundle, request.layer.as_ref())?;
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let mounted = began.elapsed();
     let result = build(request);
@@ -193,11 +208,28 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
 /// "failed to prepare rootfs"). Such a container gets no cgroup mount, an
 /// empty /sys/fs/cgroup, rather than a wrong one. Containers with their own
 /// PID namespace (Kubernetes' default) and cgroup v2 hosts are untouched.
-fn adapt_spec(bundle: &Path) -> Result<(), String> {
+///
+/// A wasm layer run without a command (an OCI artifact has none) gets the
+/// layer's name as `process.args`: libcontainer's init refuses to run a
+/// process without arguments.
+fn adapt_spec(bundle: &Path, layer: Option<&LayerFile>) -> Result<(), String> {
     use libcgroups::common::{get_cgroup_setup, CgroupSetup};
     use oci_spec::runtime::{LinuxNamespaceType, Spec};
     let path = bundle.join("config.json");
     let mut spec = Spec::load(&path).map_err(|e| format!("cannot read the runtime spec: {e}"))?;
+    let save = |spec: &Spec| {
+        let staged = bundle.join(".config.json.wasmtime");
+        spec.save(&staged)
+            .and_then(|()| std::fs::rename(&staged, &path).map_err(Into::into))
+            .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
+    };
+    if let (Some(layer), Some(process)) = (layer, spec.process_mut().as_mut()) {
+        if process.args().as_ref().is_none_or(|args| args.is_empty()) {
+            log::debug!("no command: the wasm layer runs as {:?}", layer.name);
+            process.set_args(Some(vec![layer.name.clone()]));
+            save(&spec)?;
+        }
+    }
     let joins_pid_namespace = spec
         .linux()
         .as_ref()
@@ -223,10 +255,7 @@ fn adapt_spec(bundle: &Path) -> Result<(), String> {
         "the container shares its pod's PID namespace on cgroup v1: no /sys/fs/cgroup mount"
     );
     spec.set_mounts(Some(kept));
-    let staged = bundle.join(".config.json.wasmtime");
-    spec.save(&staged)
-        .and_then(|()| std::fs::rename(&staged, &path).map_err(Into::into))
-        .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
+    save(&spec)
 }
 
 /// Reaps the helper's exited children, waiting up to two seconds for those
@@ -260,6 +289,7 @@ fn build(request: &CreateRequest) -> Result<i32, String> {
         .with_executor(WasmExecutor {
             cache: open_cache().map(Arc::new),
             engine: WARM_ENGINE.get().cloned(),
+            layer: open_layer(request.layer.as_ref())?,
         })
         .with_stdin(stdin)
         .with_stdout(stdout)
@@ -282,16 +312,24 @@ fn build(request: &CreateRequest) -> Result<i32, String> {
 pub const CACHE_DIR_ENV: &str = "WASMTIME_SHIM_CACHE_DIR";
 pub const CACHE_LIMIT_ENV: &str = "WASMTIME_SHIM_CACHE_LIMIT_MB";
 
-fn open_cache() -> Option<shim_engine::Cache> {
-    use shim_engine::cache::{DEFAULT_LIMIT, DEFAULT_ROOT};
-    let root = std::env::var_os(CACHE_DIR_ENV).unwrap_or_else(|| DEFAULT_ROOT.into());
-    if root == "off" || root.is_empty() {
-        return None;
-    }
-    let limit = std::env::var(CACHE_LIMIT_ENV)
+/// The node's cache directory, `None` when the cache is off.
+pub fn cache_root() -> Option<PathBuf> {
+    let root =
+        std::env::var_os(CACHE_DIR_ENV).unwrap_or_else(|| shim_engine::cache::DEFAULT_ROOT.into());
+    (root != "off" && !root.is_empty()).then(|| PathBuf::from(root))
+}
+
+/// The bound on the cache's size in bytes.
+pub fn cache_limit() -> u64 {
+    std::env::var(CACHE_LIMIT_ENV)
         .ok()
         .and_then(|mb| mb.parse::<u64>().ok())
-        .map_or(DEFAULT_LIMIT, |mb| mb << 20);
+        .map_or(shim_engine::cache::DEFAULT_LIMIT, |mb| mb << 20)
+}
+
+fn open_cache() -> Option<shim_engine::Cache> {
+    let root = cache_root()?;
+    let limit = cache_limit();
     match shim_engine::Cache::open(Path::new(&root), limit) {
         Ok(cache) => Some(cache),
         Err(e) => {
@@ -299,6 +337,20 @@ fn open_cache() -> Option<shim_engine::Cache> {
             None
         }
     }
+}
+
+/// Opens the image's wasm layer on the host; the container's process reads
+/// it through the descriptor after `pivot_root` (the cache's way, see there).
+fn open_layer(layer: Option<&LayerFile>) -> Result<Option<Arc<(File, LayerFile)>>, String> {
+    let Some(layer) = layer else {
+        return Ok(None);
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&layer.path)
+        .map_err(|e| format!("{}: cannot open its stored wasm layer: {e}", layer.shown))?;
+    Ok(Some(Arc::new((file, layer.clone()))))
 }
 
 /// libcontainer wraps the init process's error (ours, from the executor's

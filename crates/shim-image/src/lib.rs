@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+pub mod layers;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error("the runtime spec has no `process` section")]
@@ -101,11 +103,21 @@ pub struct WasmProcess {
 
 impl WasmProcess {
     pub fn from_spec(spec: &Spec) -> Result<Self, SpecError> {
+        Self::from_spec_or(spec, None)
+    }
+
+    /// As [`WasmProcess::from_spec`], for a guest that is not a file of the
+    /// root but a wasm layer of the image: empty `process.args` then run it
+    /// with `default_arg0` as argv[0] (an OCI artifact has no command).
+    pub fn from_spec_or(spec: &Spec, default_arg0: Option<&str>) -> Result<Self, SpecError> {
         let process = spec.process().as_ref().ok_or(SpecError::MissingProcess)?;
         if process.terminal().unwrap_or(false) {
             return Err(SpecError::Terminal);
         }
-        let args = process.args().clone().unwrap_or_default();
+        let mut args = process.args().clone().unwrap_or_default();
+        if let (true, Some(arg0)) = (args.is_empty(), default_arg0) {
+            args.push(arg0.to_string());
+        }
         let arg0 = args.first().ok_or(SpecError::MissingArgs)?;
         let entrypoint = Entrypoint::parse(arg0)?;
         let env = process

@@ -224,3 +224,131 @@ fn http_port_comes_from_env_then_annotation_then_default() {
         "annotation wasmtime.containerd.io/http-port \"0\" is not a TCP port (1-65535)"
     );
 }
+
+#[test]
+fn a_wasm_layer_without_a_command_runs_under_its_own_name() {
+    let p = WasmProcess::from_spec_or(&spec(&[], &[], "/", false), Some("hello.wasm")).unwrap();
+    assert_eq!(p.args, ["hello.wasm"]);
+    assert_eq!(p.entrypoint.path, "hello.wasm");
+    let p = WasmProcess::from_spec_or(&spec(&["hi", "x"], &[], "/", false), Some("h")).unwrap();
+    assert_eq!(p.args, ["hi", "x"], "a given command is argv as it is");
+}
+
+mod layers {
+    use crate::layers::*;
+
+    const HELLO: &str = "sha256:c3d1dd83beab902fc47985d106c98030aa13d9ff4c17186f3f2dc861fc61e1c7";
+    const OTHER: &str = "sha256:ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356";
+
+    fn manifest(layers: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|(media_type, digest, title)| {
+                let mut layer = serde_json::json!({
+                    "mediaType": media_type, "digest": digest, "size": 140648,
+                });
+                if let Some(title) = title {
+                    layer["annotations"] =
+                        serde_json::json!({"org.opencontainers.image.title": title});
+                }
+                layer
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": OTHER, "size": 3},
+            "layers": layers,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_published_wasm_layer_type_is_found_with_its_name() {
+        for media_type in WASM_LAYER_TYPES {
+            let m = manifest(&[(media_type, HELLO, Some("hello.wasm"))]);
+            let layer = wasm_layer("r/hello:v1", &m).unwrap();
+            assert_eq!(layer.digest, HELLO);
+            assert_eq!(layer.size, 140648);
+            assert_eq!(&layer.media_type, media_type);
+            assert_eq!(layer.name, "hello.wasm");
+        }
+        let m = manifest(&[("application/wasm", HELLO, None)]);
+        assert_eq!(
+            wasm_layer("127.0.0.1:5000/a/app:v2", &m).unwrap().name,
+            "app.wasm"
+        );
+        let m = manifest(&[("application/wasm", HELLO, Some("../../etc/passwd"))]);
+        assert_eq!(wasm_layer("r/app@sha256:00", &m).unwrap().name, "app.wasm");
+    }
+
+    #[test]
+    fn no_wasm_layer_or_several_is_an_error_naming_the_image() {
+        let m = manifest(&[("application/vnd.oci.image.layer.v1.tar", HELLO, None)]);
+        let e = wasm_layer("r/x:1", &m).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "image r/x:1 has no wasm layer (its layers are application/vnd.oci.image.layer.v1.tar) \
+             and the container's root is empty: nothing to run"
+        );
+        let m = manifest(&[
+            ("application/wasm", HELLO, None),
+            ("application/wasm", OTHER, None),
+        ]);
+        let e = wasm_layer("r/x:1", &m).unwrap_err();
+        assert!(
+            matches!(e, LayerError::ManyWasmLayers { count: 2, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains(HELLO) && e.to_string().contains("r/x:1"));
+        assert!(matches!(
+            wasm_layer("r/x:1", b"{not json"),
+            Err(LayerError::BadManifest { .. })
+        ));
+    }
+
+    #[test]
+    fn an_index_offers_its_wasm_manifest_first_then_this_platform() {
+        let entry = |digest: &str, os: &str, arch: &str| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                "size": 10, "platform": {"os": os, "architecture": arch},
+            })
+        };
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [entry(OTHER, "linux", "arm64"), entry(OTHER, "linux", "amd64"), entry(HELLO, "wasip1", "wasm")],
+        }))
+        .unwrap();
+        let candidates = manifest_candidates("r/x:1", &index).unwrap();
+        assert_eq!(candidates[0].digest().to_string(), HELLO);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(candidates.len(), 2, "arm64 is not a candidate on amd64");
+        }
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "manifests": [entry(OTHER, "windows", "arm64")],
+        }))
+        .unwrap();
+        assert_eq!(
+            manifest_candidates("r/x:1", &index).unwrap().len(),
+            1,
+            "the only entry"
+        );
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [entry(OTHER, "windows", "arm64"), entry(OTHER, "plan9", "mips")],
+        }))
+        .unwrap();
+        assert!(matches!(
+            manifest_candidates("r/x:1", &index),
+            Err(LayerError::NoManifest { .. })
+        ));
+    }
+
+    #[test]
+    fn only_sha256_digests_name_files() {
+        assert!(is_sha256_digest(HELLO));
+        assert!(!is_sha256_digest("sha256:../../x"));
+        assert!(!is_sha256_digest("sha512:00"));
+    }
+}

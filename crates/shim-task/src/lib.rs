@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod events;
+pub mod layers;
 pub mod lifecycle;
 pub mod service;
 pub mod stats;
@@ -65,6 +66,8 @@ fn sandbox_id(bundle: &std::path::Path) -> Option<String> {
 pub struct WasmtimeShim {
     id: String,
     namespace: String,
+    /// containerd's API socket (`-address`).
+    address: String,
     bundle: PathBuf,
     debug: bool,
     exit: Arc<ExitSignal>,
@@ -82,6 +85,7 @@ impl Shim for WasmtimeShim {
         Self {
             id: args.id.clone(),
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             bundle,
             debug: args.debug,
             exit: Arc::default(),
@@ -129,7 +133,10 @@ impl Shim for WasmtimeShim {
 
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         TaskService::new(
-            self.namespace.clone(),
+            layers::ContainerdApi {
+                address: self.address.clone(),
+                namespace: self.namespace.clone(),
+            },
             self.debug,
             publisher,
             self.exit.clone(),

@@ -29,6 +29,8 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, ExitSignal, Task, TtrpcContext, TtrpcResult};
 use shim_container::{CreateRequest, LinuxContainer};
 
+use crate::layers::ContainerdApi;
+
 use crate::error::TaskError;
 use crate::events::Publisher;
 use crate::lifecycle::{Phase, Transition};
@@ -92,6 +94,7 @@ struct Registry {
 
 pub struct TaskService {
     debug: bool,
+    api: ContainerdApi,
     registry: Arc<Mutex<Registry>>,
     publisher: Publisher,
     exit: Arc<ExitSignal>,
@@ -141,13 +144,15 @@ fn reject_exec(id: &str, exec_id: &str) -> Result<(), TaskError> {
 
 impl TaskService {
     pub fn new(
-        namespace: String,
+        api: ContainerdApi,
         debug: bool,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
+        let namespace = api.namespace.clone();
         let service = Self {
             debug,
+            api,
             registry: Arc::default(),
             publisher: Publisher::start(publisher, namespace),
             exit,
@@ -266,23 +271,43 @@ impl Task for TaskService {
             }
             None => (None, None),
         };
+        let bundle = PathBuf::from(&req.bundle);
+        let rootfs: Vec<_> = req
+            .rootfs
+            .iter()
+            .map(|m| shim_container::rootfs::RootfsMount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        // An image containerd could not unpack (a wasm OCI artifact) leaves
+        // the root empty: its wasm is a layer in the content store.
+        let layer = if crate::layers::root_is_empty(&bundle, &rootfs) {
+            let store = crate::layers::store_dir(&bundle);
+            let layer = self.api.wasm_layer(&id, &store).map_err(|reason| {
+                if let Some(stdin) = &stdin {
+                    stdin.close();
+                }
+                TaskError::InvalidArgument {
+                    id: id.clone(),
+                    reason,
+                }
+            })?;
+            Some(layer)
+        } else {
+            None
+        };
         let request = CreateRequest {
             id: id.clone(),
-            bundle: PathBuf::from(&req.bundle),
-            rootfs: req
-                .rootfs
-                .iter()
-                .map(|m| shim_container::rootfs::RootfsMount {
-                    kind: m.type_.clone(),
-                    source: m.source.clone(),
-                    target: m.target.clone(),
-                    options: m.options.clone(),
-                })
-                .collect(),
+            bundle,
+            rootfs,
             stdout: fifo(&req.stdout),
             stderr: fifo(&req.stderr),
             systemd_cgroup,
             debug: self.debug,
+            layer,
         };
         let container = LinuxContainer::create(&request, guest_stdin).map_err(|source| {
             if let Some(stdin) = &stdin {
