@@ -96,14 +96,14 @@ impl Registry {
         format!("{}/{name}", self.host)
     }
 
-    /// Runs `oras <args>` in the registry's network namespace, from the
-    /// registry's dir (oras names pushed files by relative path). The caller
-    /// says how to reach the loopback registry: `--plain-http` for push and
-    /// pull, `--to-plain-http` for `cp`.
-    pub fn oras(&self, args: &[&str]) -> Output {
+    /// Runs `oras <args>` in the registry's network namespace, from `cwd`
+    /// (oras names pushed files by relative path). The caller says how to
+    /// reach the loopback registry: `--plain-http` for push and pull,
+    /// `--to-plain-http` for `cp`.
+    pub fn oras(&self, cwd: &Path, args: &[&str]) -> Output {
         let output = in_netns(self.netns.as_deref(), &oras_binary().to_string_lossy())
             .args(args)
-            .current_dir(&self.dir)
+            .current_dir(cwd)
             .env("HOME", &self.dir)
             .output()
             .expect("run oras (`make deps` fetches it)");
@@ -140,19 +140,9 @@ impl Registry {
             let title = dest.file_name().unwrap().to_string_lossy().to_string();
             args.push(format!("{title}:{media_type}"));
         }
+        args.push("--plain-http".into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let output = in_netns(self.netns.as_deref(), &oras_binary().to_string_lossy())
-            .args(&args)
-            .arg("--plain-http")
-            .current_dir(&work)
-            .env("HOME", &self.dir)
-            .output()
-            .expect("run oras");
-        assert!(
-            output.status.success(),
-            "oras {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.oras(&work, &args);
     }
 
     /// Pushes an OCI image layout tarball (what `wasm-oci image` writes, like
@@ -169,13 +159,16 @@ impl Registry {
             .expect("tar");
         assert!(status.success(), "cannot unpack {}", tarball.display());
         let tag = layout_tag(&layout);
-        self.oras(&[
-            "cp",
-            "--from-oci-layout",
-            &format!("{}:{tag}", layout.display()),
-            &self.reference(name),
-            "--to-plain-http",
-        ]);
+        self.oras(
+            &self.dir,
+            &[
+                "cp",
+                "--from-oci-layout",
+                &format!("{}:{tag}", layout.display()),
+                &self.reference(name),
+                "--to-plain-http",
+            ],
+        );
     }
 }
 

@@ -55,8 +55,9 @@ pub struct WasmExecutor {
 impl WasmExecutor {
     fn prepare(&self, spec: &Spec) -> Result<Workload, String> {
         let layer = self.layer.as_deref();
-        let process = WasmProcess::from_spec_or(spec, layer.map(|(_, l)| l.name.as_str()))
-            .map_err(|e| e.to_string())?;
+        // A layer run without a command has its name as argv[0] already
+        // (the helper's `adapt_spec`).
+        let process = WasmProcess::from_spec(spec).map_err(|e| e.to_string())?;
         let entry = &process.entrypoint;
         let path = entry.resolve(&process.cwd, process.path_env(), Path::is_file);
         let (shown, bytes) = match layer {

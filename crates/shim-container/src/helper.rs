@@ -391,3 +391,55 @@ fn open_output(path: Option<&Path>) -> std::io::Result<OwnedFd> {
     nix::fcntl::fcntl(fd, nix::fcntl::F_SETFL(flags))?;
     Ok(file.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{ProcessBuilder, Spec, SpecBuilder};
+
+    fn bundle_with_args(args: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let process = ProcessBuilder::default()
+            .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default().process(process).build().unwrap();
+        spec.save(dir.path().join("config.json")).unwrap();
+        dir
+    }
+
+    fn args(bundle: &Path) -> Vec<String> {
+        let spec = Spec::load(bundle.join("config.json")).unwrap();
+        spec.process()
+            .as_ref()
+            .unwrap()
+            .args()
+            .clone()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_wasm_layer_without_a_command_runs_under_its_own_name() {
+        let layer = LayerFile {
+            path: "/var/lib/x/layers/sha256-00.wasm".into(),
+            shown: "r/hello:v1".into(),
+            name: "hello.wasm".into(),
+        };
+        let bundle = bundle_with_args(&[]);
+        adapt_spec(bundle.path(), Some(&layer)).unwrap();
+        assert_eq!(args(bundle.path()), ["hello.wasm"]);
+        let bundle = bundle_with_args(&["hi", "x"]);
+        adapt_spec(bundle.path(), Some(&layer)).unwrap();
+        assert_eq!(
+            args(bundle.path()),
+            ["hi", "x"],
+            "a given command is argv as it is"
+        );
+        let bundle = bundle_with_args(&[]);
+        adapt_spec(bundle.path(), None).unwrap();
+        assert!(
+            args(bundle.path()).is_empty(),
+            "only a layer gets a default"
+        );
+    }
+}

@@ -103,21 +103,11 @@ pub struct WasmProcess {
 
 impl WasmProcess {
     pub fn from_spec(spec: &Spec) -> Result<Self, SpecError> {
-        Self::from_spec_or(spec, None)
-    }
-
-    /// As [`WasmProcess::from_spec`], for a guest that is not a file of the
-    /// root but a wasm layer of the image: empty `process.args` then run it
-    /// with `default_arg0` as argv[0] (an OCI artifact has no command).
-    pub fn from_spec_or(spec: &Spec, default_arg0: Option<&str>) -> Result<Self, SpecError> {
         let process = spec.process().as_ref().ok_or(SpecError::MissingProcess)?;
         if process.terminal().unwrap_or(false) {
             return Err(SpecError::Terminal);
         }
-        let mut args = process.args().clone().unwrap_or_default();
-        if let (true, Some(arg0)) = (args.is_empty(), default_arg0) {
-            args.push(arg0.to_string());
-        }
+        let args = process.args().clone().unwrap_or_default();
         let arg0 = args.first().ok_or(SpecError::MissingArgs)?;
         let entrypoint = Entrypoint::parse(arg0)?;
         let env = process

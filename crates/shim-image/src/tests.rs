@@ -225,15 +225,6 @@ fn http_port_comes_from_env_then_annotation_then_default() {
     );
 }
 
-#[test]
-fn a_wasm_layer_without_a_command_runs_under_its_own_name() {
-    let p = WasmProcess::from_spec_or(&spec(&[], &[], "/", false), Some("hello.wasm")).unwrap();
-    assert_eq!(p.args, ["hello.wasm"]);
-    assert_eq!(p.entrypoint.path, "hello.wasm");
-    let p = WasmProcess::from_spec_or(&spec(&["hi", "x"], &[], "/", false), Some("h")).unwrap();
-    assert_eq!(p.args, ["hi", "x"], "a given command is argv as it is");
-}
-
 mod layers {
     use crate::layers::*;
 

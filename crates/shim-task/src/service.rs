@@ -286,36 +286,35 @@ impl Task for TaskService {
         // the root empty: its wasm is a layer in the content store.
         let layer = if crate::layers::root_is_empty(&bundle, &rootfs) {
             let store = crate::layers::store_dir(&bundle);
-            let layer = self.api.wasm_layer(&id, &store).map_err(|reason| {
-                if let Some(stdin) = &stdin {
-                    stdin.close();
-                }
-                TaskError::InvalidArgument {
+            self.api
+                .wasm_layer(&id, &store)
+                .map(Some)
+                .map_err(|reason| TaskError::InvalidArgument {
                     id: id.clone(),
                     reason,
-                }
-            })?;
-            Some(layer)
+                })
         } else {
-            None
+            Ok(None)
         };
-        let request = CreateRequest {
-            id: id.clone(),
-            bundle,
-            rootfs,
-            stdout: fifo(&req.stdout),
-            stderr: fifo(&req.stderr),
-            systemd_cgroup,
-            debug: self.debug,
-            layer,
-        };
-        let container = LinuxContainer::create(&request, guest_stdin).map_err(|source| {
-            if let Some(stdin) = &stdin {
-                stdin.close();
-            }
-            TaskError::Container {
+        let created = layer.and_then(|layer| {
+            let request = CreateRequest {
+                id: id.clone(),
+                bundle,
+                rootfs,
+                stdout: fifo(&req.stdout),
+                stderr: fifo(&req.stderr),
+                systemd_cgroup,
+                debug: self.debug,
+                layer,
+            };
+            LinuxContainer::create(&request, guest_stdin).map_err(|source| TaskError::Container {
                 id: id.clone(),
                 source,
+            })
+        });
+        let container = created.inspect_err(|_| {
+            if let Some(stdin) = &stdin {
+                stdin.close();
             }
         })?;
         let pid = container.pid();
