@@ -413,25 +413,37 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// The node's key: read, or created once with fresh random bytes.
+/// The node's key: read, or created once with fresh random bytes. A new key
+/// is written in full to a private file first and then hard-linked into
+/// place, which fails if another shim got there first: nobody ever reads a
+/// key half written.
 fn read_or_create_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
     let mut key = [0u8; KEY_LEN];
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(mut file) => {
-            ring::rand::SystemRandom::new()
-                .fill(&mut key)
-                .map_err(|_| io::Error::other("no randomness for the cache key"))?;
-            file.write_all(&key)?;
-            file.sync_all()?;
-            return Ok(key);
+    if !path.exists() {
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| io::Error::other("no randomness for the cache key"))?;
+        // Unique per process and per call: shims and threads race here.
+        static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = path.with_extension(format!("new.{}.{n}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)
+            .and_then(|mut file| {
+                file.write_all(&key)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::hard_link(&staged, path));
+        let _ = std::fs::remove_file(&staged);
+        match written {
+            Ok(()) => return Ok(key),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {}
         }
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        Err(_) => {}
     }
     let mut file = File::open(path)?;
     let meta = file.metadata()?;
@@ -444,7 +456,7 @@ fn read_or_create_key(path: &Path) -> io::Result<[u8; KEY_LEN]> {
     }
     let mut buf = [0u8; KEY_LEN + 1];
     if read_up_to(&mut file, &mut buf)? != KEY_LEN {
-        // Another shim is creating it right now, or it is damaged.
+        // Damaged: a key is only ever linked into place whole.
         return Err(io::Error::other(format!(
             "{} does not hold a {KEY_LEN}-byte key",
             path.display()
