@@ -80,7 +80,7 @@ $(IMAGES)/wasitest.component.wasm: $(IMAGES)/wasitest.wasm $(WASM_OCI)
 $(IMAGES)/corrupt.wasm: $(IMAGES)/wasitest.wasm
 	head -c 64 $< > $@
 
-TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm
+TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm gc.wasm
 
 $(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) $(IMAGES)/native-hello images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
 	$(WASM_OCI) image --name localhost/wasmtime-shim/wasm-test:latest \

@@ -131,6 +131,12 @@ impl CriNode {
             config_v2(&dir)
         };
         fs::write(self.dir.join("config.toml"), config).unwrap();
+        fs::write(
+            self.dir.join("wasmtime-gc.toml"),
+            "WasmGc = true\nWasmExceptions = true\n",
+        )
+        .unwrap();
+        fs::write(self.dir.join("wasmtime-broken.toml"), "WasmGC = true\n").unwrap();
     }
 
     fn socket(&self) -> PathBuf {
@@ -533,7 +539,14 @@ state = "{dir}/state"
       runtime_type = "io.containerd.wasmtime.v1"
       pod_annotations = ["wasmtime.containerd.io/*"]
       container_annotations = ["wasmtime.containerd.io/*"]
-"#
+      # What the node installer writes.
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}.options]
+        SystemdCgroup = false
+{extra}"#,
+        extra = extra_handlers(
+            r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes"#,
+            dir
+        ),
     )
 }
 
@@ -572,6 +585,40 @@ state = "{dir}/state"
       runtime_type = "io.containerd.wasmtime.v1"
       pod_annotations = ["wasmtime.containerd.io/*"]
       container_annotations = ["wasmtime.containerd.io/*"]
+      # What the node installer writes.
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}.options]
+        SystemdCgroup = false
+{extra}"#,
+        extra = extra_handlers(
+            r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes"#,
+            dir
+        ),
+    )
+}
+
+/// Handlers with engine options of their own, beside [`HANDLER`]:
+/// `wasmtime-gc` reads them from a file (`ConfigPath`, which every containerd
+/// passes on), `wasmtime-inline` from its table (passed by containerd 1.7 and
+/// later only), and `wasmtime-broken` names an option that does not exist.
+pub const GC_HANDLER: &str = "wasmtime-gc";
+pub const INLINE_HANDLER: &str = "wasmtime-inline";
+pub const BROKEN_HANDLER: &str = "wasmtime-broken";
+
+fn extra_handlers(runtimes: &str, dir: &impl std::fmt::Display) -> String {
+    format!(
+        r#"    [{runtimes}.{GC_HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      [{runtimes}.{GC_HANDLER}.options]
+        ConfigPath = "{dir}/wasmtime-gc.toml"
+    [{runtimes}.{INLINE_HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      [{runtimes}.{INLINE_HANDLER}.options]
+        WasmGc = true
+        OptLevel = "speed_and_size"
+    [{runtimes}.{BROKEN_HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      [{runtimes}.{BROKEN_HANDLER}.options]
+        ConfigPath = "{dir}/wasmtime-broken.toml"
 "#
     )
 }

@@ -24,8 +24,11 @@ use std::sync::{Arc, OnceLock};
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
-use shim_engine::{Cache, Engine, Exit, Invocation, Outcome, Preopen, Program};
-use shim_image::{filesystem_grants, grant_for, memory_limit, WasmProcess};
+use shim_engine::{Cache, Engine, Invocation, Outcome, Preopen, Program};
+use shim_image::{
+    deadline, filesystem_grants, grant_for, memory_limit, narrowed_grants, WasmProcess,
+    PREOPENS_ANNOTATION,
+};
 
 /// What `validate` prepared for `exec`; both run in the same init process.
 static PREPARED: OnceLock<Workload> = OnceLock::new();
@@ -50,6 +53,11 @@ pub struct WasmExecutor {
     pub engine: Option<Engine>,
     /// The image's wasm layer, when the guest is not a file of the root.
     pub layer: Option<Arc<(std::fs::File, crate::helper::LayerFile)>>,
+    /// The cap on the guest's linear memories when the spec has none of its
+    /// own (an exec's spec: the container's limit).
+    pub memory_limit: Option<u64>,
+    /// An exec's process (libcontainer's tenant), see [`release_exec_waiter`].
+    pub exec: bool,
 }
 
 impl WasmExecutor {
@@ -101,7 +109,9 @@ impl WasmExecutor {
         unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
         let mut engine = match &self.engine {
             Some(engine) => engine.clone(),
-            None => Engine::new().map_err(|e| e.to_string())?,
+            None => shim_engine::EngineOptions::from_env()
+                .and_then(|options| Engine::new(&options))
+                .map_err(|e| e.to_string())?,
         };
         if let Some(cache) = &self.cache {
             engine = engine.with_cache(cache.clone());
@@ -120,24 +130,7 @@ impl WasmExecutor {
         // SAFETY: malloc_trim only releases free heap pages.
         unsafe { libc::malloc_trim(0) };
         log::info!("{shown}: {}", program.describe());
-        let grants = filesystem_grants(spec);
-        // File bind mounts cannot be preopened; the directory they sit in governs them.
-        let mut preopens: Vec<Preopen> = grants
-            .iter()
-            .filter(|g| g.path == Path::new("/") || g.path.is_dir())
-            .map(|g| Preopen {
-                host: g.path.clone(),
-                guest: g.path.display().to_string(),
-                read_only: g.read_only,
-            })
-            .collect();
-        if process.cwd != Path::new("/") {
-            preopens.push(Preopen {
-                host: process.cwd.clone(),
-                guest: ".".into(),
-                read_only: grant_for(&grants, &process.cwd).read_only,
-            });
-        }
+        let preopens = preopens(spec, &process.cwd)?;
         let port = if program.serves_http() {
             let port = process.http_port(spec, shim_engine::http::DEFAULT_PORT);
             Some(port.map_err(|e| e.to_string())?)
@@ -148,13 +141,51 @@ impl WasmExecutor {
             args: process.args,
             env: process.env,
             preopens,
-            memory_limit: memory_limit(spec),
+            memory_limit: memory_limit(spec).or(self.memory_limit),
+            deadline: deadline(spec).map_err(|e| e.to_string())?,
         };
         match port {
             Some(port) => Ok(Workload::Http(program, invocation, listen(port)?)),
             None => Ok(Workload::Wasm(program, invocation)),
         }
     }
+}
+
+/// The directories the guest sees: what the spec grants, narrowed by the
+/// preopens annotation, plus its working directory as `.` when a grant
+/// covers it. A directory the annotation lists must exist in the container.
+fn preopens(spec: &Spec, cwd: &Path) -> Result<Vec<Preopen>, String> {
+    let grants = narrowed_grants(spec).map_err(|e| e.to_string())?;
+    let spec_grants = filesystem_grants(spec);
+    let mut preopens = Vec::new();
+    for grant in &grants {
+        if grant.path != Path::new("/") && !grant.path.is_dir() {
+            // File bind mounts cannot be preopened; the directory they sit
+            // in governs them. A listed path must be a directory.
+            if spec_grants.iter().any(|g| g.path == grant.path) {
+                continue;
+            }
+            return Err(format!(
+                "annotation {PREOPENS_ANNOTATION}: {} is not a directory in the container",
+                grant.path.display()
+            ));
+        }
+        preopens.push(Preopen {
+            host: grant.path.clone(),
+            guest: grant.path.display().to_string(),
+            read_only: grant.read_only,
+        });
+    }
+    if cwd != Path::new("/") {
+        if let Some(grant) = grant_for(&grants, cwd) {
+            preopens.push(Preopen {
+                host: cwd.to_path_buf(),
+                guest: ".".into(),
+                read_only: grant.read_only,
+            });
+        }
+    }
+    Ok(preopens)
 }
 
 /// Reads a stored wasm layer from the descriptor the helper opened.
@@ -204,6 +235,9 @@ impl Executor for WasmExecutor {
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if self.exec && !matches!(PREPARED.get(), Some(Workload::Native)) {
+            release_exec_waiter();
+        }
         let exit = match PREPARED.get() {
             Some(Workload::Wasm(program, invocation)) => program.run(invocation),
             Some(Workload::Http(program, invocation, listener)) => listener
@@ -215,11 +249,45 @@ impl Executor for WasmExecutor {
         }
         .map_err(|e| ExecutorError::Other(e.to_string()))?;
         let _ = std::io::stdout().flush();
-        if let Exit::Trap(message) | Exit::Failed(message) = &exit {
+        if let Some(message) = exit.message() {
             let _ = writeln!(std::io::stderr(), "{message}");
             log::error!("the guest failed (exit status {}): {message}", exit.code());
         }
         std::process::exit(exit.code());
+    }
+}
+
+/// libcontainer's exec returns once its process has `execve`d: it waits for
+/// an inherited close-on-exec pipe to close. A wasm guest never execs, so
+/// once it is prepared (a failure is reported through that pipe) its
+/// process closes the pipes it inherited beyond stdio; it uses none. The
+/// descriptors are listed from /proc when the container mounts it, else
+/// probed up to the open-files limit.
+fn release_exec_waiter() {
+    let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/fd").ok().map(|entries| {
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    });
+    let candidates = listed.unwrap_or_else(|| {
+        // SAFETY: getrlimit writes the plain struct it is given.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        let open_max = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+            0 => limit.rlim_cur.min(1 << 16) as i32,
+            _ => 1024,
+        };
+        (3..open_max).collect()
+    });
+    for fd in candidates.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: fstat of any descriptor number only fills `stat`.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut stat) } == 0
+            && stat.st_mode & libc::S_IFMT == libc::S_IFIFO
+        {
+            // SAFETY: an inherited pipe end nothing in this process uses.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

@@ -47,6 +47,16 @@ pub struct CreateRequest {
     /// the root (see `shim_image::layers`).
     #[serde(default)]
     pub layer: Option<LayerFile>,
+    /// Set for an exec: a new process in the running container `id`.
+    #[serde(default)]
+    pub exec: Option<ExecProcess>,
+}
+
+/// An exec's process: its OCI `Process` (JSON, as containerd sends it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecProcess {
+    pub exec_id: String,
+    pub process: serde_json::Value,
 }
 
 /// A wasm layer stored on the host, to run instead of an entrypoint file.
@@ -111,7 +121,7 @@ static WARM_ENGINE: OnceLock<shim_engine::Engine> = OnceLock::new();
 pub(crate) fn warm_up() {
     // SAFETY: mallopt only tunes the allocator; the zygote has one thread.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    match shim_engine::Engine::new() {
+    match shim_engine::EngineOptions::from_env().and_then(|o| shim_engine::Engine::new(&o)) {
         Ok(engine) => {
             let _ = WARM_ENGINE.set(engine);
         }
@@ -169,6 +179,9 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
         if let Err(e) = containerd_shim::logger::init(request.debug, "info", "", &request.id) {
             eprintln!("no shim log: {e}");
         }
+    }
+    if let Some(exec) = &request.exec {
+        return build_exec(request, exec);
     }
     let began = std::time::Instant::now();
     adapt_spec(&request.bundle, request.layer.as_ref())?;
@@ -274,7 +287,8 @@ fn reap_children() {
     }
 }
 
-fn build(request: &CreateRequest) -> Result<i32, String> {
+/// The guest's stdio: the helper's stdin and containerd's output fifos.
+fn stdio(request: &CreateRequest) -> Result<[OwnedFd; 3], String> {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -283,17 +297,103 @@ fn build(request: &CreateRequest) -> Result<i32, String> {
         open_output(request.stdout.as_deref()).map_err(|e| format!("cannot open stdout: {e}"))?;
     let stderr =
         open_output(request.stderr.as_deref()).map_err(|e| format!("cannot open stderr: {e}"))?;
-    let container = ContainerBuilder::new(request.id.clone(), SyscallType::default())
-        .with_root_path(state_root(&request.bundle))
-        .map_err(|e| e.to_string())?
-        .with_executor(WasmExecutor {
-            cache: open_cache().map(Arc::new),
-            engine: WARM_ENGINE.get().cloned(),
-            layer: open_layer(request.layer.as_ref())?,
-        })
-        .with_stdin(stdin)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
+    Ok([stdin, stdout, stderr])
+}
+
+fn builder(request: &CreateRequest, executor: WasmExecutor) -> Result<ContainerBuilder, String> {
+    let [stdin, stdout, stderr] = stdio(request)?;
+    Ok(
+        ContainerBuilder::new(request.id.clone(), SyscallType::default())
+            .with_root_path(state_root(&request.bundle))
+            .map_err(|e| e.to_string())?
+            .with_executor(executor)
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr),
+    )
+}
+
+fn executor(layer: Option<&LayerFile>) -> Result<WasmExecutor, String> {
+    Ok(WasmExecutor {
+        cache: open_cache().map(Arc::new),
+        engine: WARM_ENGINE.get().cloned(),
+        layer: open_layer(layer)?,
+        ..WasmExecutor::default()
+    })
+}
+
+/// An exec: libcontainer's tenant process joins the running container's
+/// namespaces and cgroup and runs `exec.process` (a wasm program of the
+/// container's root, or a native one in a native container). Nothing of the
+/// container is touched when it fails.
+fn build_exec(request: &CreateRequest, exec: &ExecProcess) -> Result<i32, String> {
+    let shown = format!("exec {:?} in container {}", exec.exec_id, request.id);
+    let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json"))
+        .map_err(|e| format!("{shown}: cannot read the runtime spec: {e}"))?;
+    let mut executor = executor(None)?;
+    // The tenant's spec keeps no `linux.resources`: the container's memory
+    // limit caps the exec's linear memories as it caps the container's.
+    executor.memory_limit = shim_image::memory_limit(&spec);
+    executor.exec = true;
+    // libcontainer names each tenant's notify socket at random in the
+    // container's state directory and leaves it there; execs of one container
+    // are built one at a time so that each removes only its own.
+    let state = state_root(&request.bundle).join(&request.id);
+    let _serial = lock_execs(&state)
+        .map_err(|e| format!("{shown}: cannot lock the container's state: {e}"))?;
+    let staged = request.bundle.join(format!(".exec-{}.json", exec.exec_id));
+    std::fs::write(&staged, exec.process.to_string())
+        .map_err(|e| format!("{shown}: cannot stage its process: {e}"))?;
+    let built = builder(request, executor).and_then(|builder| {
+        builder
+            .as_tenant()
+            .with_process(Some(&staged))
+            .with_detach(true)
+            .build()
+            .map_err(|e| describe(&e))
+    });
+    let _ = std::fs::remove_file(&staged);
+    remove_tenant_sockets(&state);
+    built.map(|pid| pid.as_raw())
+}
+
+/// Serializes the execs of one container: a POSIX record lock, which the
+/// helper's forked children (the exec processes, which never exec when they
+/// run wasm) do not inherit, unlike a flock. Held until the file is closed.
+fn lock_execs(state: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state.join("exec.lock"))?;
+    // SAFETY: a zeroed flock is a valid value of this plain C struct.
+    let mut whole: libc::flock = unsafe { std::mem::zeroed() };
+    whole.l_type = libc::F_WRLCK as _;
+    whole.l_whence = libc::SEEK_SET as _;
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLKW(&whole))?;
+    Ok(file)
+}
+
+/// libcontainer leaves a tenant's notify socket in the container's state
+/// directory; an exec is done with it once its process runs. Called under the
+/// state directory's lock, so no other exec's socket is in use.
+fn remove_tenant_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("tenant-notify-")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn build(request: &CreateRequest) -> Result<i32, String> {
+    let container = builder(request, executor(request.layer.as_ref())?)?
         .as_init(&request.bundle)
         .with_systemd(request.systemd_cgroup)
         .with_detach(true)

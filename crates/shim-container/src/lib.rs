@@ -34,7 +34,7 @@ use libcontainer::notify_socket::NOTIFY_FILE;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-pub use helper::CreateRequest;
+pub use helper::{CreateRequest, ExecProcess};
 pub use libcgroups::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,12 @@ impl LinuxContainer {
             bundle: request.bundle.clone(),
             pid,
         })
+    }
+
+    /// Starts an exec's process in the running container; returns its host PID.
+    /// `request` carries the exec's stdio and process (see [`ExecProcess`]).
+    pub fn exec(&self, request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
+        helper::spawn_create(request, stdin)
     }
 
     /// The host PID of the container's init process (the guest).

@@ -184,6 +184,8 @@ impl Server {
             ComponentState::new(ctx, &self.invocation),
         );
         store.limiter(|state| &mut state.limits);
+        self.invocation.arm(&mut store);
+        let deadline = self.invocation.deadline;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let mut http = store.data_mut().http();
         let request = http.new_incoming_request(Scheme::Http, request)?;
@@ -203,9 +205,14 @@ impl Server {
                     .await
             }
             .await;
-            if let Err(e) = &outcome {
+            match (&outcome, deadline) {
+                (Err(e), Some(deadline)) if crate::is_interrupt(e) => eprintln!(
+                    "{target}: the request ran past its deadline of {deadline:?} (annotation \
+                     wasmtime.containerd.io/deadline) and was stopped"
+                ),
                 // Into the container log, where the guest's own output goes.
-                eprintln!("{target}: the guest failed: {e:?}");
+                (Err(e), _) => eprintln!("{target}: the guest failed: {e:?}"),
+                (Ok(()), _) => {}
             }
             outcome.is_ok()
         });

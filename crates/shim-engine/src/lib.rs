@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod http;
+pub mod options;
 mod wasi;
 
 use std::os::fd::AsRawFd;
@@ -30,12 +31,19 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView};
 
 pub use cache::{Cache, Outcome};
+pub use options::{EngineOptions, OptLevel};
 pub use wasi::{Invocation, Preopen};
 
 /// Exit status of a guest that trapped (128 + SIGABRT, as `wasmtime run` does).
 pub const TRAP_EXIT_CODE: i32 = 134;
 /// Exit status of a guest that failed at runtime without trapping.
 pub const FAILURE_EXIT_CODE: i32 = 1;
+/// Exit status of a guest stopped at its deadline (as `timeout(1)` reports it).
+pub const DEADLINE_EXIT_CODE: i32 = 124;
+
+/// How often the engine's epoch advances in a process whose guest has a
+/// deadline: the deadline's resolution.
+const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The export a core module runs when the entrypoint names none.
 const DEFAULT_MODULE_EXPORT: &str = "_start";
@@ -99,15 +107,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new() -> Result<Self, Error> {
-        let mut config = wasmtime::Config::new();
-        // Traps print wasm backtraces with function names: that is what a user
-        // debugging a crashed container needs to see in its log.
-        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
+    pub fn new(options: &EngineOptions) -> Result<Self, Error> {
+        let mut config = options.config();
+        if !options.pooling_allocator {
+            let inner =
+                wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+            return Ok(Self { inner, cache: None });
+        }
         // Instances come from a pre-reserved pool: an HTTP server instantiates
         // its component once per request, and that must cost microseconds.
         // The pool is only address space until an instance touches it.
-        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool()));
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+            options.pool(),
+        ));
         let inner = match wasmtime::Engine::new(&config) {
             Ok(engine) => engine,
             Err(e) => {
@@ -297,6 +309,8 @@ pub enum Exit {
     Trap(String),
     /// Failed at runtime for another reason (instantiation, a host error).
     Failed(String),
+    /// Ran past its deadline and was stopped.
+    Deadline(std::time::Duration),
 }
 
 impl Exit {
@@ -306,6 +320,19 @@ impl Exit {
             Exit::Code(code) => *code,
             Exit::Trap(_) => TRAP_EXIT_CODE,
             Exit::Failed(_) => FAILURE_EXIT_CODE,
+            Exit::Deadline(_) => DEADLINE_EXIT_CODE,
+        }
+    }
+
+    /// What to tell the user of a guest that did not end by itself.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Exit::Code(_) => None,
+            Exit::Trap(message) | Exit::Failed(message) => Some(message.clone()),
+            Exit::Deadline(deadline) => Some(format!(
+                "the guest ran past its deadline of {deadline:?} (annotation \
+                 wasmtime.containerd.io/deadline) and was stopped"
+            )),
         }
     }
 
@@ -363,6 +390,7 @@ impl Program {
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limits);
+                invocation.arm(&mut store);
                 pre.instantiate(&mut store)
                     .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, export))
                     .and_then(|func| func.call(&mut store, ()))
@@ -371,6 +399,7 @@ impl Program {
                 let state = ComponentState::new(builder.build(), invocation);
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limits);
+                invocation.arm(&mut store);
                 pre.instantiate(&mut store).and_then(|command| {
                     command
                         .wasi_cli_run()
@@ -384,9 +413,10 @@ impl Program {
                 ))
             }
         };
-        Ok(match outcome {
-            Ok(()) => Exit::Code(0),
-            Err(error) => Exit::from_error(error),
+        Ok(match (outcome, invocation.deadline) {
+            (Ok(()), _) => Exit::Code(0),
+            (Err(error), Some(deadline)) if is_interrupt(&error) => Exit::Deadline(deadline),
+            (Err(error), _) => Exit::from_error(error),
         })
     }
 }
@@ -416,17 +446,6 @@ impl ComponentState {
     }
 }
 
-/// The instance pool. wasmtime's defaults (1000 instances, memories, tables
-/// and stacks, 4 GiB per memory) are address space, not memory; tables get
-/// room for the function tables of large language runtimes.
-fn pool() -> wasmtime::PoolingAllocationConfig {
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.max_tables_per_module(8)
-        .max_memories_per_module(4)
-        .table_elements(200_000);
-    pool
-}
-
 impl Invocation {
     /// Linear memories may not grow past the container's memory limit: a guest
     /// that tries gets a failed `memory.grow` (malloc returns NULL) instead of
@@ -438,6 +457,34 @@ impl Invocation {
         }
         limits.build()
     }
+
+    /// Sets the store's epoch deadline: the invocation's deadline from now,
+    /// with the process's epoch ticker running; without one, never.
+    pub(crate) fn arm<T>(&self, store: &mut Store<T>) {
+        let Some(deadline) = self.deadline else {
+            store.set_epoch_deadline(u64::MAX / 2);
+            return;
+        };
+        static TICKER: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        TICKER.get_or_init(|| {
+            let engine = store.engine().clone();
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                })
+                .expect("spawn the epoch ticker");
+        });
+        let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1));
+    }
+}
+
+/// Whether `error` is the trap of a passed epoch deadline.
+pub(crate) fn is_interrupt(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
 }
 
 impl wasmtime_wasi::WasiView for ComponentState {

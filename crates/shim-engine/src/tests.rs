@@ -7,7 +7,7 @@ const EXIT_42: &str = r#"(module
   (func (export "other")))"#;
 
 fn engine() -> Engine {
-    Engine::new().expect("engine")
+    Engine::new(&EngineOptions::default()).expect("engine")
 }
 
 fn wasm(text: &str) -> Vec<u8> {
@@ -162,6 +162,37 @@ fn memory_growth_stops_at_the_limit() {
     );
 }
 
+#[test]
+fn a_looping_guest_is_stopped_at_its_deadline() {
+    const LOOP: &str = r#"(module
+      (memory (export "memory") 1)
+      (func (export "_start") (loop $forever (br $forever))))"#;
+    let program = engine().prepare("/loop.wasm", &wasm(LOOP), None).unwrap();
+    let deadline = std::time::Duration::from_millis(200);
+    let began = std::time::Instant::now();
+    let exit = program
+        .run(&Invocation {
+            deadline: Some(deadline),
+            ..Invocation::default()
+        })
+        .unwrap();
+    assert_eq!(exit, Exit::Deadline(deadline));
+    assert_eq!(exit.code(), DEADLINE_EXIT_CODE);
+    assert!(
+        exit.message().unwrap().contains("deadline of 200ms"),
+        "{exit:?}"
+    );
+    let took = began.elapsed();
+    assert!(took >= deadline && took < deadline * 10, "{took:?}");
+    // A deadline far off changes nothing for a guest that ends by itself.
+    let quick = engine().prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
+    let far = Invocation {
+        deadline: Some(std::time::Duration::from_secs(3600)),
+        ..Invocation::default()
+    };
+    assert_eq!(quick.run(&far).unwrap(), Exit::Code(42));
+}
+
 // --- the node's code cache -------------------------------------------------
 
 /// A cache in a fresh directory, with an engine of its own (as each container
@@ -306,6 +337,57 @@ fn concurrent_starts_of_one_binary_compile_it_once() {
     let compiled = outcomes.iter().filter(|o| **o == Outcome::Compiled).count();
     assert_eq!(compiled, 1, "{outcomes:?}");
     assert_eq!(artifacts(dir.path()).len(), 1);
+}
+
+#[test]
+fn engine_options_are_part_of_the_cache_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = || std::sync::Arc::new(Cache::open(dir.path(), cache::DEFAULT_LIMIT).unwrap());
+    let with = |options: EngineOptions| Engine::new(&options).unwrap().with_cache(cache());
+    let plain = with(EngineOptions::default());
+    let gc = with(EngineOptions {
+        wasm_gc: true,
+        ..EngineOptions::default()
+    });
+    let unoptimised = with(EngineOptions {
+        opt_level: OptLevel::None,
+        ..EngineOptions::default()
+    });
+    for engine in [&plain, &gc, &unoptimised] {
+        let program = engine.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
+        assert_eq!(program.cache_outcome(), Some(Outcome::Compiled));
+        assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(42));
+    }
+    assert_eq!(
+        artifacts(dir.path()).len(),
+        3,
+        "one entry per engine configuration"
+    );
+    let again = with(EngineOptions {
+        wasm_gc: true,
+        ..EngineOptions::default()
+    });
+    let program = again.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
+    assert_eq!(program.cache_outcome(), Some(Outcome::Hit));
+}
+
+#[test]
+fn gc_modules_need_the_gc_option() {
+    const GC: &str = r#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (type $point (struct (field i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (call $exit (struct.get $point 0 (struct.new $point (i32.const 7))))))"#;
+    let err = engine().prepare("/gc.wasm", &wasm(GC), None).err().unwrap();
+    assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    let gc = Engine::new(&EngineOptions {
+        wasm_gc: true,
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let program = gc.prepare("/gc.wasm", &wasm(GC), None).unwrap();
+    assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(7));
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct Invocation {
     pub preopens: Vec<Preopen>,
     /// The most bytes one linear memory may grow to (the container's memory limit).
     pub memory_limit: Option<u64>,
+    /// How long one instance may run (a command; each request of a server).
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl Invocation {

@@ -30,6 +30,12 @@ pub enum SpecError {
     EmptyExport(String),
     #[error("{origin} {value:?} is not a TCP port (1-65535)")]
     BadPort { origin: String, value: String },
+    #[error("annotation {annotation} {value:?}: {reason}")]
+    BadAnnotation {
+        annotation: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 /// The annotation (pod or container) that sets an HTTP component's port.
@@ -37,6 +43,14 @@ pub const HTTP_PORT_ANNOTATION: &str = "wasmtime.containerd.io/http-port";
 /// The environment variable that sets it for one container (Knative and Cloud
 /// Run set it to the container's declared port); it wins over the annotation.
 pub const HTTP_PORT_ENV: &str = "PORT";
+
+/// The annotation (pod or container) that narrows the directories a guest
+/// sees: a comma-separated list of absolute paths, each optionally `:ro` or
+/// `:rw` (see [`narrowed_grants`]).
+pub const PREOPENS_ANNOTATION: &str = "wasmtime.containerd.io/preopens";
+/// The annotation (pod or container) that gives each wasm instance a
+/// wall-clock budget, e.g. `30s`, `500ms`, `2m`, `1h` (see [`deadline`]).
+pub const DEADLINE_ANNOTATION: &str = "wasmtime.containerd.io/deadline";
 
 /// The entrypoint named by `process.args[0]`: a path and an optional export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,12 +149,8 @@ impl WasmProcess {
     /// the [`HTTP_PORT_ANNOTATION`], else `default`.
     pub fn http_port(&self, spec: &Spec, default: u16) -> Result<u16, SpecError> {
         let env = self.env.iter().rev().find(|(k, _)| k == HTTP_PORT_ENV);
-        let annotation = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(HTTP_PORT_ANNOTATION));
-        let (origin, value) = match (env, annotation) {
-            (Some((_, value)), _) => (format!("env {HTTP_PORT_ENV}"), value),
+        let (origin, value) = match (env, annotation(spec, HTTP_PORT_ANNOTATION)) {
+            (Some((_, value)), _) => (format!("env {HTTP_PORT_ENV}"), value.as_str()),
             (None, Some(value)) => (format!("annotation {HTTP_PORT_ANNOTATION}"), value),
             (None, None) => return Ok(default),
         };
@@ -148,7 +158,7 @@ impl WasmProcess {
             Ok(port) if port > 0 => Ok(port),
             _ => Err(SpecError::BadPort {
                 origin,
-                value: value.clone(),
+                value: value.to_string(),
             }),
         }
     }
@@ -201,7 +211,7 @@ pub fn filesystem_grants(spec: &Spec) -> Vec<Grant> {
     mounts.sort_by_key(|m| m.destination().components().count());
     for mount in mounts {
         let read_only = mount.options().iter().flatten().any(|o| o == "ro");
-        if grant_for(&grants, mount.destination()).read_only != read_only {
+        if grant_for(&grants, mount.destination()).is_some_and(|g| g.read_only != read_only) {
             grants.push(Grant {
                 path: mount.destination().clone(),
                 read_only,
@@ -211,13 +221,115 @@ pub fn filesystem_grants(spec: &Spec) -> Vec<Grant> {
     grants
 }
 
-/// The grant that governs `path`: the one with the longest matching prefix.
-pub fn grant_for<'a>(grants: &'a [Grant], path: &Path) -> &'a Grant {
+/// The grant that governs `path`: the one with the longest matching prefix,
+/// if any (a narrowed list may not cover it).
+pub fn grant_for<'a>(grants: &'a [Grant], path: &Path) -> Option<&'a Grant> {
     grants
         .iter()
         .filter(|g| path.starts_with(&g.path))
         .max_by_key(|g| g.path.components().count())
-        .unwrap_or(&grants[0])
+}
+
+/// The spec's grants, narrowed by the [`PREOPENS_ANNOTATION`] when it is set.
+///
+/// Each listed directory is granted with the access the spec gives it, or
+/// read-only with `:ro`; `:rw` is refused where the spec makes it read-only
+/// (an annotation narrows, never widens). The spec's mounts below a listed
+/// directory keep their own grant (a read-only mount stays read-only, and
+/// nothing below a `:ro` directory becomes writable). An empty value grants
+/// no directory at all. Whether each path is a directory is checked inside
+/// the container, by the caller.
+pub fn narrowed_grants(spec: &Spec) -> Result<Vec<Grant>, SpecError> {
+    let grants = filesystem_grants(spec);
+    let Some(value) = annotation(spec, PREOPENS_ANNOTATION) else {
+        return Ok(grants);
+    };
+    let bad = |reason: String| SpecError::BadAnnotation {
+        annotation: PREOPENS_ANNOTATION,
+        value: value.to_string(),
+        reason,
+    };
+    let mut narrowed: Vec<Grant> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (path, mode) = match entry.rsplit_once(':') {
+            Some((path, mode)) => (path, Some(mode)),
+            None => (entry, None),
+        };
+        let normal = path.starts_with('/') && !path.split('/').any(|s| s == "." || s == "..");
+        // Trailing and doubled slashes go: the guest sees the path as listed.
+        let path: PathBuf = Path::new(path).components().collect();
+        if !normal {
+            return Err(bad(format!(
+                "{entry:?} is not an absolute path without `.` or `..` (expected /path, /path:ro or /path:rw)"
+            )));
+        }
+        let spec_read_only = grant_for(&grants, &path).is_some_and(|g| g.read_only);
+        let read_only = match mode {
+            None => spec_read_only,
+            Some("ro") => true,
+            Some("rw") if spec_read_only => {
+                return Err(bad(format!(
+                    "{} cannot be writable: the container's spec makes it read-only",
+                    path.display()
+                )))
+            }
+            Some("rw") => false,
+            Some(other) => {
+                return Err(bad(format!("{entry:?} has access {other:?}; use ro or rw")))
+            }
+        };
+        if narrowed.iter().any(|g| g.path == path) {
+            return Err(bad(format!("{} is listed twice", path.display())));
+        }
+        narrowed.push(Grant { path, read_only });
+    }
+    let listed = narrowed.clone();
+    for below in &grants {
+        let Some(parent) = grant_for(&listed, &below.path) else {
+            continue;
+        };
+        if parent.path != below.path && !narrowed.iter().any(|g| g.path == below.path) {
+            narrowed.push(Grant {
+                path: below.path.clone(),
+                read_only: below.read_only || parent.read_only,
+            });
+        }
+    }
+    Ok(narrowed)
+}
+
+/// The [`DEADLINE_ANNOTATION`]: how long one wasm instance may run, if set.
+/// A number with a unit (`ms`, `s`, `m`, `h`); a bare number is seconds.
+pub fn deadline(spec: &Spec) -> Result<Option<std::time::Duration>, SpecError> {
+    let Some(value) = annotation(spec, DEADLINE_ANNOTATION) else {
+        return Ok(None);
+    };
+    let trimmed = value.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale = match unit {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    match number.parse::<f64>().map(|n| n * scale) {
+        Ok(secs) if secs > 0.0 && secs <= 366.0 * 86400.0 => {
+            Ok(Some(std::time::Duration::from_secs_f64(secs)))
+        }
+        _ => Err(SpecError::BadAnnotation {
+            annotation: DEADLINE_ANNOTATION,
+            value: value.to_string(),
+            reason: "not a duration (a positive number with ms, s, m or h, e.g. 30s)".into(),
+        }),
+    }
+}
+
+fn annotation<'a>(spec: &'a Spec, name: &str) -> Option<&'a str> {
+    spec.annotations().as_ref()?.get(name).map(String::as_str)
 }
 
 #[cfg(test)]

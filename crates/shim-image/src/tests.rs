@@ -168,9 +168,15 @@ fn writable_mounts_in_a_read_only_root_get_their_own_grant() {
             read_only: false,
         },
     ];
-    assert!(!grant_for(&spec_grants, Path::new("/proc/self")).read_only);
     assert!(
-        grant_for(&spec_grants, Path::new("/procfs")).read_only,
+        !grant_for(&spec_grants, Path::new("/proc/self"))
+            .unwrap()
+            .read_only
+    );
+    assert!(
+        grant_for(&spec_grants, Path::new("/procfs"))
+            .unwrap()
+            .read_only,
         "prefixes match whole components"
     );
 }
@@ -342,4 +348,113 @@ mod layers {
         assert!(!is_sha256_digest("sha256:../../x"));
         assert!(!is_sha256_digest("sha512:00"));
     }
+}
+
+fn annotated(
+    root_read_only: bool,
+    mounts: Vec<oci_spec::runtime::Mount>,
+    key: &str,
+    value: &str,
+) -> Spec {
+    SpecBuilder::default()
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(root_read_only)
+                .build()
+                .unwrap(),
+        )
+        .mounts(mounts)
+        .annotations(
+            [(key.to_string(), value.to_string())]
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        )
+        .build()
+        .unwrap()
+}
+
+fn narrowed(
+    root_read_only: bool,
+    mounts: Vec<oci_spec::runtime::Mount>,
+    value: &str,
+) -> Result<Vec<(String, bool)>, SpecError> {
+    let spec = annotated(root_read_only, mounts, PREOPENS_ANNOTATION, value);
+    narrowed_grants(&spec).map(|grants| {
+        grants
+            .into_iter()
+            .map(|g| (g.path.display().to_string(), g.read_only))
+            .collect()
+    })
+}
+
+#[test]
+fn the_preopens_annotation_narrows_and_never_widens() {
+    let mounts = || {
+        vec![
+            mount("/data", &["rbind", "ro"]),
+            mount("/data/rw", &["rbind", "rw"]),
+        ]
+    };
+    // Only what is listed; the spec's access unless narrowed to ro.
+    assert_eq!(
+        narrowed(false, mounts(), "/tmp, /srv:ro").unwrap(),
+        vec![("/tmp".into(), false), ("/srv".into(), true)]
+    );
+    // A read-only mount below a listed directory stays read-only; a writable
+    // one below a `:ro` directory becomes read-only.
+    assert_eq!(
+        narrowed(false, mounts(), "/").unwrap(),
+        vec![
+            ("/".into(), false),
+            ("/data".into(), true),
+            ("/data/rw".into(), false)
+        ]
+    );
+    assert_eq!(
+        narrowed(false, mounts(), "/:ro").unwrap(),
+        vec![
+            ("/".into(), true),
+            ("/data".into(), true),
+            ("/data/rw".into(), true)
+        ]
+    );
+    assert_eq!(
+        narrowed(false, mounts(), "/data//sub/").unwrap(),
+        vec![("/data/sub".into(), true)]
+    );
+    // Nothing at all.
+    assert_eq!(narrowed(false, mounts(), " ").unwrap(), vec![]);
+    // Widening and malformed entries are refused, naming the annotation.
+    let err = narrowed(true, vec![], "/app:rw").unwrap_err();
+    assert!(err.to_string().contains("cannot be writable"), "{err}");
+    assert!(err.to_string().contains(PREOPENS_ANNOTATION), "{err}");
+    for bad in ["data", "/a/../etc", "/a/./b", "/a:rx", "/a,/a:ro"] {
+        assert!(
+            narrowed(false, vec![], bad).is_err(),
+            "{bad:?} was accepted"
+        );
+    }
+    // Without the annotation, the spec's grants.
+    let spec = SpecBuilder::default().build().unwrap();
+    assert_eq!(narrowed_grants(&spec).unwrap(), filesystem_grants(&spec));
+}
+
+#[test]
+fn the_deadline_annotation_is_a_duration() {
+    let parse = |value: &str| deadline(&annotated(false, vec![], DEADLINE_ANNOTATION, value));
+    let secs = |s: f64| Ok(Some(std::time::Duration::from_secs_f64(s)));
+    assert_eq!(parse("30s"), secs(30.0));
+    assert_eq!(parse("500ms"), secs(0.5));
+    assert_eq!(parse("1.5m"), secs(90.0));
+    assert_eq!(parse("2h"), secs(7200.0));
+    assert_eq!(parse(" 10 "), secs(10.0));
+    for bad in ["", "0s", "-1s", "ten", "5d", "1e9", "nan"] {
+        let err = parse(bad).unwrap_err();
+        assert!(
+            err.to_string().contains(DEADLINE_ANNOTATION),
+            "{bad:?}: {err}"
+        );
+    }
+    assert_eq!(deadline(&SpecBuilder::default().build().unwrap()), Ok(None));
 }

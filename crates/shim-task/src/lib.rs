@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod layers;
 pub mod lifecycle;
+pub mod options;
 pub mod service;
 pub mod stats;
 pub mod stdin;
@@ -63,6 +64,23 @@ fn sandbox_id(bundle: &std::path::Path) -> Option<String> {
     Some(id)
 }
 
+/// The runtime options containerd writes to `shim start`'s stdin (an `Any`).
+fn read_start_options() -> Result<options::RuntimeOptions, String> {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use containerd_shim::protos::protobuf::Message;
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the runtime options: {e}"))?;
+    if bytes.is_empty() {
+        return Ok(options::RuntimeOptions::default());
+    }
+    let any =
+        Any::parse_from_bytes(&bytes).map_err(|e| format!("malformed runtime options: {e}"))?;
+    options::RuntimeOptions::from_any(Some(&any))
+}
+
 pub struct WasmtimeShim {
     id: String,
     namespace: String,
@@ -109,7 +127,26 @@ impl Shim for WasmtimeShim {
             write_address(&address)?;
             return Ok(address);
         }
-        let (_pid, address) = spawn(opts, &grouping, Vec::new())?;
+        // The handler's options come on stdin; a bad table fails here, so
+        // the pod's first create reports it. The server gets them in its
+        // environment, before its zygote builds the engine.
+        let options = match read_start_options() {
+            Ok(options) => options,
+            Err(reason) => {
+                // containerd shows what `start` prints: the reason itself,
+                // not containerd-shim's debug rendering of an error.
+                eprintln!("container {}: {}", opts.id, reason.trim_end());
+                std::process::exit(1);
+            }
+        };
+        let engine = options.engine.to_env();
+        let mut vars = vec![(shim_engine::options::OPTIONS_ENV, engine.as_str())];
+        let cache_dir = options.cache_dir.as_ref().map(|d| d.display().to_string());
+        if let Some(dir) = &cache_dir {
+            vars.push((shim_container::helper::CACHE_DIR_ENV, dir.as_str()));
+        }
+        log::debug!("engine options for this handler: {engine}");
+        let (_pid, address) = spawn(opts, &grouping, vars)?;
         write_address(&address)?;
         Ok(address)
     }

@@ -17,19 +17,18 @@ use containerd_shim::api::{
 };
 use containerd_shim::monitor::{Subject, Topic};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::{Message, MessageField};
-use containerd_shim::protos::shim::oci::Options as RuncOptions;
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, ExitSignal, Task, TtrpcContext, TtrpcResult};
-use shim_container::{CreateRequest, LinuxContainer};
+use shim_container::{CreateRequest, ExecProcess, LinuxContainer};
 
 use crate::layers::ContainerdApi;
+use crate::options::RuntimeOptions;
 
 use crate::error::TaskError;
 use crate::events::Publisher;
@@ -41,24 +40,30 @@ use crate::stdin::StdinForwarder;
 /// an exit that races its task's registration is not lost.
 const MAX_EARLY_EXITS: usize = 1024;
 
-struct TaskState {
-    id: String,
-    bundle: String,
-    container: LinuxContainer,
-    stdio: [String; 3],
-    stdin: Option<StdinForwarder>,
+/// The phase of a task or of one of its execs, and its waiters.
+struct Life {
+    /// How errors name it after "container": `X`, or `X (exec "E")`.
+    shown: String,
     phase: Mutex<Phase>,
     changed: Condvar,
 }
 
-impl TaskState {
+impl Life {
+    fn new(shown: String) -> Self {
+        Self {
+            shown,
+            phase: Mutex::new(Phase::Created),
+            changed: Condvar::new(),
+        }
+    }
+
     fn phase(&self) -> MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves the task through `transition`. `effect` runs first, with the
-    /// phase held so that no exit slips in between; the phase changes only if
-    /// the transition is valid and `effect` succeeds.
+    /// Moves through `transition`. `effect` runs first, with the phase held
+    /// so that no exit slips in between; the phase changes only if the
+    /// transition is valid and `effect` succeeds.
     fn transition(
         &self,
         transition: Transition,
@@ -68,7 +73,7 @@ impl TaskState {
         let next = phase
             .apply(transition)
             .map_err(|source| TaskError::Transition {
-                id: self.id.clone(),
+                id: self.shown.clone(),
                 source,
             })?;
         effect()?;
@@ -77,18 +82,91 @@ impl TaskState {
         Ok(next)
     }
 
+    /// Blocks until the process has exited; its status and time.
+    fn wait(&self) -> (u32, SystemTime) {
+        let mut phase = self.phase();
+        loop {
+            if let Some(exit) = phase.exit() {
+                return exit;
+            }
+            phase = self.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+struct TaskState {
+    id: String,
+    bundle: String,
+    container: LinuxContainer,
+    stdio: [String; 3],
+    stdin: Option<StdinForwarder>,
+    life: Life,
+    execs: Mutex<HashMap<String, Arc<ExecState>>>,
+}
+
+impl TaskState {
     fn container_error(&self, source: shim_container::Error) -> TaskError {
         TaskError::Container {
             id: self.id.clone(),
             source,
         }
     }
+
+    fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<ExecState>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn exec(&self, exec_id: &str) -> Result<Arc<ExecState>, TaskError> {
+        self.execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound(format!("{} (exec {exec_id:?})", self.id)))
+    }
+}
+
+/// A process added to a running task by `exec`; it runs from `start`.
+struct ExecState {
+    id: String,
+    request: CreateRequest,
+    stdio: [String; 3],
+    stdin: Mutex<Option<StdinForwarder>>,
+    /// Its host PID once started, 0 before.
+    pid: Mutex<u32>,
+    life: Life,
+}
+
+impl ExecState {
+    fn pid(&self) -> u32 {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close_stdin(&self) {
+        if let Some(stdin) = self
+            .stdin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            stdin.close();
+        }
+    }
+}
+
+/// Exec ids become file names in the bundle: `[A-Za-z0-9._-]`, as containerd's.
+fn valid_exec_id(exec_id: &str) -> bool {
+    !exec_id.is_empty()
+        && exec_id.len() <= 76
+        && !exec_id.starts_with('.')
+        && exec_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[derive(Default)]
 struct Registry {
     tasks: HashMap<String, Arc<TaskState>>,
-    by_pid: HashMap<i32, String>,
+    /// A process's task, and its exec id when it is an exec.
+    by_pid: HashMap<i32, (String, Option<String>)>,
     early_exits: HashMap<i32, u32>,
 }
 
@@ -104,42 +182,12 @@ fn ts(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(Timestamp::from(at))
 }
 
-/// Whether the runtime options containerd passes with CreateTask (the
-/// `options` table of the runtime in containerd's config, encoded as runc's
-/// `containerd.runc.v1.Options`) ask for the systemd cgroup driver, as runc
-/// reads `SystemdCgroup`.
-fn systemd_cgroup(options: &MessageField<Any>) -> Result<bool, String> {
-    let Some(any) = options.as_ref() else {
-        return Ok(false);
-    };
-    if !any.type_url.ends_with("containerd.runc.v1.Options") {
-        return Err(format!(
-            "unsupported runtime options type {:?} (expected containerd.runc.v1.Options)",
-            any.type_url
-        ));
-    }
-    let options = RuncOptions::parse_from_bytes(&any.value)
-        .map_err(|e| format!("malformed runtime options: {e}"))?;
-    log::debug!(
-        "cgroup driver from runtime options: {}",
-        if options.systemd_cgroup {
-            "systemd"
-        } else {
-            "cgroupfs"
-        }
-    );
-    Ok(options.systemd_cgroup)
-}
-
-fn reject_exec(id: &str, exec_id: &str) -> Result<(), TaskError> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(TaskError::InvalidArgument {
-            id: id.to_string(),
-            reason: format!("exec process {exec_id:?} does not exist (exec is not supported by the wasmtime shim)"),
-        })
-    }
+/// The spec's `linux.cgroupsPath`, which tells the cgroup driver when the
+/// runtime options do not.
+fn cgroups_path(bundle: &str) -> Option<String> {
+    let spec = oci_spec::runtime::Spec::load(PathBuf::from(bundle).join("config.json")).ok()?;
+    let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
+    Some(path.display().to_string())
 }
 
 impl TaskService {
@@ -173,6 +221,168 @@ impl TaskService {
             .ok_or_else(|| TaskError::NotFound(id.to_string()))
     }
 
+    /// `exec`: records the process; it runs from `start` (as runc's shim does).
+    fn add_exec(&self, req: api::ExecProcessRequest) -> Result<(), TaskError> {
+        let task = self.task(&req.id)?;
+        let invalid = |reason: String| TaskError::InvalidArgument {
+            id: req.id.clone(),
+            reason,
+        };
+        if !valid_exec_id(&req.exec_id) {
+            return Err(invalid(format!(
+                "exec id {:?} is not valid (1-76 of A-Z a-z 0-9 . _ -, not starting with .)",
+                req.exec_id
+            )));
+        }
+        if req.terminal {
+            return Err(invalid(
+                "exec: a terminal (tty) is not supported by the wasmtime shim; run without -t"
+                    .into(),
+            ));
+        }
+        let process: serde_json::Value = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| invalid("exec: no process spec".into()))
+            .and_then(|any| {
+                serde_json::from_slice::<oci_spec::runtime::Process>(&any.value)
+                    .map_err(|e| invalid(format!("exec: the process spec is not valid: {e}")))
+            })
+            .and_then(|process| {
+                if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+                    return Err(invalid("exec: the process has no command".into()));
+                }
+                serde_json::to_value(process).map_err(|e| invalid(e.to_string()))
+            })?;
+        match *task.life.phase() {
+            Phase::Running => {}
+            phase => {
+                return Err(TaskError::Transition {
+                    id: task.id.clone(),
+                    source: crate::lifecycle::InvalidTransition {
+                        action: "exec",
+                        state: match phase {
+                            Phase::Created => "is created and not started",
+                            _ => "has exited: there is nothing to exec into",
+                        },
+                    },
+                })
+            }
+        }
+        let fifo = |path: &str| (!path.is_empty()).then(|| PathBuf::from(path));
+        let exec = Arc::new(ExecState {
+            id: req.exec_id.clone(),
+            request: CreateRequest {
+                id: task.id.clone(),
+                bundle: PathBuf::from(&task.bundle),
+                rootfs: Vec::new(),
+                stdout: fifo(&req.stdout),
+                stderr: fifo(&req.stderr),
+                // libcontainer takes the driver from the container's state.
+                systemd_cgroup: false,
+                debug: self.debug,
+                layer: None,
+                exec: Some(ExecProcess {
+                    exec_id: req.exec_id.clone(),
+                    process,
+                }),
+            },
+            stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
+            stdin: Mutex::new(None),
+            pid: Mutex::new(0),
+            life: Life::new(format!("{} (exec {:?})", task.id, req.exec_id)),
+        });
+        {
+            let mut execs = task.execs();
+            if execs.contains_key(&req.exec_id) {
+                return Err(TaskError::AlreadyExists(exec.life.shown.clone()));
+            }
+            execs.insert(req.exec_id.clone(), exec);
+        }
+        log::info!("container {}: exec {:?} added", task.id, req.exec_id);
+        self.publisher.publish(TaskExecAdded {
+            container_id: task.id.clone(),
+            exec_id: req.exec_id,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    fn start_exec(&self, task: &TaskState, exec: &ExecState) -> Result<u32, TaskError> {
+        exec.life.transition(Transition::Start, || {
+            let guest_stdin = match exec.stdio[0].as_str() {
+                "" => None,
+                path => {
+                    let (forwarder, read_end) = StdinForwarder::start(PathBuf::from(path))
+                        .map_err(|e| TaskError::InvalidArgument {
+                            id: exec.life.shown.clone(),
+                            reason: format!("cannot set up stdin: {e}"),
+                        })?;
+                    *exec.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(forwarder);
+                    Some(read_end)
+                }
+            };
+            let pid = task
+                .container
+                .exec(&exec.request, guest_stdin)
+                .map_err(|source| {
+                    exec.close_stdin();
+                    TaskError::Container {
+                        id: exec.life.shown.clone(),
+                        source,
+                    }
+                })?;
+            *exec.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid as u32;
+            Ok(())
+        })?;
+        let pid = exec.pid();
+        log::info!(
+            "container {}: exec {:?} started, pid {pid}",
+            task.id,
+            exec.id
+        );
+        let early_exit = {
+            let mut registry = self.registry();
+            registry
+                .by_pid
+                .insert(pid as i32, (task.id.clone(), Some(exec.id.clone())));
+            registry.early_exits.remove(&(pid as i32))
+        };
+        self.publisher.publish(TaskExecStarted {
+            container_id: task.id.clone(),
+            exec_id: exec.id.clone(),
+            pid,
+            ..Default::default()
+        });
+        if let Some(code) = early_exit {
+            self.registry().by_pid.remove(&(pid as i32));
+            record_exec_exit(task, exec, &self.publisher, code);
+        }
+        Ok(pid)
+    }
+
+    fn delete_exec(&self, task: &TaskState, exec: &ExecState) -> Result<DeleteResponse, TaskError> {
+        let deleted = exec.life.transition(Transition::Delete, || Ok(()))?;
+        exec.close_stdin();
+        task.execs().remove(&exec.id);
+        self.registry().by_pid.remove(&(exec.pid() as i32));
+        let (code, at) = deleted.exit().unwrap_or((0, SystemTime::now()));
+        self.publisher.publish(TaskDelete {
+            container_id: task.id.clone(),
+            id: exec.id.clone(),
+            pid: exec.pid(),
+            exit_status: code,
+            exited_at: ts(at),
+            ..Default::default()
+        });
+        Ok(DeleteResponse {
+            pid: exec.pid(),
+            exit_status: code,
+            exited_at: ts(at),
+            ..Default::default()
+        })
+    }
+
     /// Routes exit statuses from the shim's reaper to tasks, and publishes TaskExit.
     fn watch_exits(&self) {
         let subscription = match containerd_shim::monitor::monitor_subscribe(Topic::Pid) {
@@ -192,14 +402,12 @@ impl TaskService {
                         continue;
                     };
                     let code = event.exit_code as u32;
-                    let task = {
+                    let (task, exec_id) = {
                         let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
-                        match registry
-                            .by_pid
-                            .remove(&pid)
-                            .and_then(|id| registry.tasks.get(&id).cloned())
-                        {
-                            Some(task) => task,
+                        match registry.by_pid.remove(&pid).and_then(|(id, exec_id)| {
+                            Some((registry.tasks.get(&id).cloned()?, exec_id))
+                        }) {
+                            Some(found) => found,
                             None => {
                                 if registry.early_exits.len() >= MAX_EARLY_EXITS {
                                     registry.early_exits.clear();
@@ -209,16 +417,44 @@ impl TaskService {
                             }
                         }
                     };
-                    record_exit(&task, &publisher, code);
+                    match exec_id.and_then(|exec_id| task.exec(&exec_id).ok()) {
+                        Some(exec) => record_exec_exit(&task, &exec, &publisher, code),
+                        None => record_exit(&task, &publisher, code),
+                    }
                 }
             })
             .expect("spawn the exit watcher");
     }
 }
 
+fn record_exec_exit(task: &TaskState, exec: &ExecState, publisher: &Publisher, code: u32) {
+    let at = SystemTime::now();
+    if exec
+        .life
+        .transition(Transition::Exit { code, at }, || Ok(()))
+        .is_err()
+    {
+        return;
+    }
+    log::info!(
+        "container {}: exec {:?} exited with status {code}",
+        task.id,
+        exec.id
+    );
+    publisher.publish(TaskExit {
+        container_id: task.id.clone(),
+        id: exec.id.clone(),
+        pid: exec.pid(),
+        exit_status: code,
+        exited_at: ts(at),
+        ..Default::default()
+    });
+}
+
 fn record_exit(task: &TaskState, publisher: &Publisher, code: u32) {
     let at = SystemTime::now();
     if task
+        .life
         .transition(Transition::Exit { code, at }, || Ok(()))
         .is_err()
     {
@@ -254,8 +490,9 @@ impl Task for TaskService {
             }
             .into());
         }
-        let systemd_cgroup =
-            systemd_cgroup(&req.options).map_err(|reason| TaskError::InvalidArgument {
+        let systemd_cgroup = RuntimeOptions::from_any(req.options.as_ref())
+            .map(|options| options.systemd(cgroups_path(&req.bundle).as_deref()))
+            .map_err(|reason| TaskError::InvalidArgument {
                 id: id.clone(),
                 reason,
             })?;
@@ -306,6 +543,7 @@ impl Task for TaskService {
                 systemd_cgroup,
                 debug: self.debug,
                 layer,
+                exec: None,
             };
             LinuxContainer::create(&request, guest_stdin).map_err(|source| TaskError::Container {
                 id: id.clone(),
@@ -325,13 +563,13 @@ impl Task for TaskService {
             container,
             stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
             stdin,
-            phase: Mutex::new(Phase::Created),
-            changed: Condvar::new(),
+            life: Life::new(id.clone()),
+            execs: Mutex::default(),
         });
         let early_exit = {
             let mut registry = self.registry();
             registry.tasks.insert(id.clone(), task.clone());
-            registry.by_pid.insert(pid, id.clone());
+            registry.by_pid.insert(pid, (id.clone(), None));
             registry.early_exits.remove(&pid)
         };
         self.publisher.publish(TaskCreate {
@@ -370,9 +608,15 @@ impl Task for TaskService {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        task.transition(Transition::Start, || {
+        if !req.exec_id.is_empty() {
+            let pid = self.start_exec(&task, &*task.exec(&req.exec_id)?)?;
+            return Ok(StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
+        task.life.transition(Transition::Start, || {
             task.container.start().map_err(|e| task.container_error(e))
         })?;
         let pid = task.container.pid() as u32;
@@ -388,21 +632,30 @@ impl Task for TaskService {
     }
 
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        let phase = *task.phase();
+        let exec = (!req.exec_id.is_empty())
+            .then(|| task.exec(&req.exec_id))
+            .transpose()?;
+        let (life, pid, stdio) = match &exec {
+            Some(exec) => (&exec.life, exec.pid(), &exec.stdio),
+            None => (&task.life, task.container.pid() as u32, &task.stdio),
+        };
+        let phase = *life.phase();
         let status = match phase {
             Phase::Created => Status::CREATED,
             Phase::Running => Status::RUNNING,
             Phase::Stopped { .. } | Phase::Deleted { .. } => Status::STOPPED,
         };
         let mut response = StateResponse {
-            id: task.id.clone(),
+            id: exec
+                .as_ref()
+                .map_or_else(|| task.id.clone(), |e| e.id.clone()),
+            exec_id: req.exec_id.clone(),
             bundle: task.bundle.clone(),
-            pid: task.container.pid() as u32,
-            stdin: task.stdio[0].clone(),
-            stdout: task.stdio[1].clone(),
-            stderr: task.stdio[2].clone(),
+            pid,
+            stdin: stdio[0].clone(),
+            stdout: stdio[1].clone(),
+            stderr: stdio[2].clone(),
             ..Default::default()
         };
         response.set_status(status);
@@ -414,14 +667,11 @@ impl Task for TaskService {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        let mut phase = task.phase();
-        let (code, at) = loop {
-            if let Some(exit) = phase.exit() {
-                break exit;
-            }
-            phase = task.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
+        let (code, at) = if req.exec_id.is_empty() {
+            task.life.wait()
+        } else {
+            task.exec(&req.exec_id)?.life.wait()
         };
         Ok(WaitResponse {
             exit_status: code,
@@ -431,9 +681,38 @@ impl Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        if task.phase().exit().is_some() {
+        if !req.exec_id.is_empty() {
+            let exec = task.exec(&req.exec_id)?;
+            let phase = exec.life.phase();
+            if *phase != Phase::Running {
+                return Err(TaskError::Transition {
+                    id: exec.life.shown.clone(),
+                    source: crate::lifecycle::InvalidTransition {
+                        action: "kill",
+                        state: if phase.exit().is_some() {
+                            "has already exited"
+                        } else {
+                            "is not started"
+                        },
+                    },
+                }
+                .into());
+            }
+            let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+                task.container_error(shim_container::Error::Signal(req.signal as i32))
+            })?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec.pid() as i32), signal).map_err(
+                |e| {
+                    task.container_error(shim_container::Error::Runtime {
+                        what: "cannot signal the exec",
+                        reason: e.to_string(),
+                    })
+                },
+            )?;
+            return Ok(Empty::new());
+        }
+        if task.life.phase().exit().is_some() {
             return Err(task
                 .container_error(shim_container::Error::NotRunning)
                 .into());
@@ -445,9 +724,11 @@ impl Task for TaskService {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        let deleted = task.transition(Transition::Delete, || {
+        if !req.exec_id.is_empty() {
+            return Ok(self.delete_exec(&task, &*task.exec(&req.exec_id)?)?);
+        }
+        let deleted = task.life.transition(Transition::Delete, || {
             task.container.delete().map_err(|e| task.container_error(e))
         })?;
         if let Some(stdin) = &task.stdin {
@@ -457,6 +738,10 @@ impl Task for TaskService {
             let mut registry = self.registry();
             registry.tasks.remove(&task.id);
             registry.by_pid.remove(&task.container.pid());
+            for exec in task.execs().drain() {
+                exec.1.close_stdin();
+                registry.by_pid.remove(&(exec.1.pid() as i32));
+            }
         }
         let (code, at) = deleted.exit().unwrap_or((0, SystemTime::now()));
         let pid = task.container.pid() as u32;
@@ -479,7 +764,7 @@ impl Task for TaskService {
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let task = self.task(&req.id)?;
-        let pids = match *task.phase() {
+        let pids = match *task.life.phase() {
             Phase::Created | Phase::Running => {
                 task.container.pids().map_err(|e| task.container_error(e))?
             }
@@ -512,9 +797,10 @@ impl Task for TaskService {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        reject_exec(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        if let Some(stdin) = &task.stdin {
+        if !req.exec_id.is_empty() {
+            task.exec(&req.exec_id)?.close_stdin();
+        } else if let Some(stdin) = &task.stdin {
             stdin.close();
         }
         Ok(Empty::new())
@@ -541,8 +827,9 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unsupported { operation: "exec" }.into())
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.add_exec(req)?;
+        Ok(Empty::new())
     }
 
     fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<Empty> {
@@ -579,39 +866,5 @@ impl Task for TaskService {
             operation: "resize_pty",
         }
         .into())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn options(systemd: bool) -> MessageField<Any> {
-        let options = RuncOptions {
-            systemd_cgroup: systemd,
-            ..Default::default()
-        };
-        MessageField::some(Any {
-            type_url: "containerd.runc.v1.Options".into(),
-            value: options.write_to_bytes().unwrap(),
-            ..Default::default()
-        })
-    }
-
-    #[test]
-    fn systemd_cgroup_is_read_from_runc_options() {
-        assert_eq!(systemd_cgroup(&MessageField::none()), Ok(false));
-        assert_eq!(systemd_cgroup(&options(false)), Ok(false));
-        assert_eq!(systemd_cgroup(&options(true)), Ok(true));
-        let mut other = options(true);
-        other.as_mut().unwrap().type_url = "example.Options".into();
-        assert!(systemd_cgroup(&other)
-            .unwrap_err()
-            .contains("unsupported runtime options type"));
-        let mut broken = options(true);
-        broken.as_mut().unwrap().value = vec![0xff, 0xff];
-        assert!(systemd_cgroup(&broken)
-            .unwrap_err()
-            .contains("malformed runtime options"));
     }
 }

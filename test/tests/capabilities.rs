@@ -1,0 +1,370 @@
+//! End-to-end: least-privilege filesystem access and wall-clock deadlines set
+//! by annotations, through `ctr` and through containerd's CRI plugin.
+
+use std::time::{Duration, Instant};
+
+use shim_tests::cri::CriNode;
+use shim_tests::{unique_id, Containerd, CtrOutput};
+
+const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
+const PREOPENS: &str = "wasmtime.containerd.io/preopens";
+const DEADLINE: &str = "wasmtime.containerd.io/deadline";
+
+fn run_annotated(
+    c: &Containerd,
+    name: &str,
+    annotation: &str,
+    args: &[&str],
+) -> (String, CtrOutput) {
+    let id = unique_id(name);
+    let out = c.run(&id, IMAGE, &["--annotation", annotation], args);
+    (id, out)
+}
+
+#[test]
+fn the_preopens_annotation_narrows_what_the_guest_sees() {
+    let c = Containerd::start();
+    c.import("wasm-test.tar");
+    let cat = |path: &'static str| ["/wasitest.wasm", "cat", path];
+
+    // By default the whole root is the guest's.
+    let (_, out) = run_annotated(&c, "default", "unrelated=1", &cat("/data/hello.txt"));
+    assert_eq!(out.code, 0, "{out:?}");
+    let (_, out) = run_annotated(
+        &c,
+        "default",
+        "unrelated=1",
+        &["/wasitest.wasm", "write", "/data/new"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Only /data, read-only: readable there, nothing else, no writes.
+    let only_data = format!("{PREOPENS}=/data:ro");
+    let (_, out) = run_annotated(&c, "narrow", &only_data, &cat("/data/hello.txt"));
+    assert_eq!(out.code, 0, "{out:?}");
+    let (_, out) = run_annotated(&c, "narrow", &only_data, &cat("/bin/wasitest-on-path.wasm"));
+    assert_eq!(
+        out.code, 1,
+        "a file the guest could read by default: {out:?}"
+    );
+    assert!(out.stdout.starts_with("error:"), "{out:?}");
+    let (_, out) = run_annotated(
+        &c,
+        "narrow",
+        &only_data,
+        &["/wasitest.wasm", "write", "/data/new"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("Operation not permitted"), "{out:?}");
+
+    // An empty list: no directory at all.
+    let (_, out) = run_annotated(&c, "none", &format!("{PREOPENS}="), &cat("/data/hello.txt"));
+    assert_eq!(out.code, 1, "{out:?}");
+
+    // Bad values fail create, naming the container and the annotation, and
+    // leave nothing behind.
+    for (name, extra, value, expected) in [
+        ("badmode", None, "/data:rx", "has access \"rx\""),
+        ("relative", None, "data", "not an absolute path"),
+        (
+            "missing",
+            None,
+            "/no-such-dir",
+            "/no-such-dir is not a directory",
+        ),
+        (
+            "widen",
+            Some("--read-only"),
+            "/data:rw",
+            "cannot be writable",
+        ),
+    ] {
+        let id = unique_id(name);
+        let annotation = format!("{PREOPENS}={value}");
+        let mut flags = vec!["--annotation", annotation.as_str()];
+        flags.extend(extra);
+        let out = c.run(&id, IMAGE, &flags, &cat("/data/hello.txt"));
+        assert_ne!(out.code, 0, "{value}: {out:?}");
+        for needle in [
+            format!("container {id}"),
+            PREOPENS.to_string(),
+            expected.to_string(),
+        ] {
+            assert!(out.stderr.contains(&needle), "{needle:?} not in: {out:?}");
+        }
+        c.ctr(&["containers", "rm", &id]);
+        c.assert_clean(&[&id]);
+    }
+}
+
+#[test]
+fn a_looping_guest_is_stopped_at_its_deadline() {
+    let c = Containerd::start();
+    c.import("wasm-test.tar");
+    let began = Instant::now();
+    let (id, out) = run_annotated(
+        &c,
+        "deadline",
+        &format!("{DEADLINE}=1s"),
+        &["/wasitest.wasm", "loop"],
+    );
+    let took = began.elapsed();
+    assert_eq!(out.code, 124, "{out:?}");
+    assert!(out.stdout.contains("looping"), "{out:?}");
+    assert!(
+        out.stderr.contains("ran past its deadline of 1s"),
+        "{out:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    c.assert_clean(&[&id]);
+
+    // A guest that ends in time is not touched.
+    let (_, out) = run_annotated(
+        &c,
+        "intime",
+        &format!("{DEADLINE}=1h"),
+        &["/wasitest.wasm", "hello"],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+
+    let id = unique_id("baddeadline");
+    let out = c.run(
+        &id,
+        IMAGE,
+        &["--annotation", &format!("{DEADLINE}=soon")],
+        &["/wasitest.wasm", "hello"],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("container {id}")) && out.stderr.contains("not a duration"),
+        "{out:?}"
+    );
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+}
+
+/// Through CRI, as kubelet passes pod annotations: a looping guest under a
+/// CPU quota is throttled by its cgroup and stopped at its deadline with a
+/// clear reason in its log; a narrowed guest cannot read what it could by
+/// default; a bad annotation fails CreateContainer with the reason.
+#[test]
+fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
+    let node = CriNode::start();
+    let mut pod_config = node.pod_config("limited");
+    pod_config.annotations.insert(DEADLINE.into(), "3s".into());
+    pod_config
+        .annotations
+        .insert(PREOPENS.into(), "/data:ro".into());
+    let pod = node.run_pod(&pod_config);
+
+    let mut config = CriNode::container_config("spin", IMAGE, &["/wasitest.wasm", "loop"]);
+    if let Some(resources) = config.linux.as_mut() {
+        resources.resources = Some(k8s_cri::v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            ..Default::default()
+        });
+    }
+    let began = Instant::now();
+    let spin = node.start_container(&pod, &pod_config, config);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stat =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu,cpuacct/k8s.io/{spin}/cpu.stat"))
+            .or_else(|_| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/k8s.io/{spin}/cpu.stat"))
+            })
+            .expect("the container's cpu cgroup");
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("nr_throttled");
+    assert!(throttled > 0, "the quota throttles the loop: {stat}");
+    let status = node.wait_exited(&spin);
+    let took = began.elapsed();
+    assert_eq!(status.exit_code, 124, "{status:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    let log = std::fs::read_to_string(node.dir().join("logs/limited/spin.log")).unwrap();
+    assert!(log.contains("ran past its deadline of 3s"), "{log}");
+
+    let reader = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config(
+            "reader",
+            IMAGE,
+            &["/wasitest.wasm", "cat", "/bin/wasitest-on-path.wasm"],
+        ),
+    );
+    let status = node.wait_exited(&reader);
+    assert_eq!(status.exit_code, 1, "{status:?}");
+
+    let mut bad = CriNode::container_config("bad", IMAGE, &["/wasitest.wasm", "hello"]);
+    bad.annotations.insert(PREOPENS.into(), "/data:rx".into());
+    let request = k8s_cri::v1::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(bad),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    // CreateContainer only records the container; the shim sees it at start.
+    let bad = node
+        .try_call(|mut c| async move { c.create_container(request).await })
+        .expect("CreateContainer")
+        .container_id;
+    let request = k8s_cri::v1::StartContainerRequest {
+        container_id: bad.clone(),
+    };
+    let started = node.try_call(|mut c| async move { c.start_container(request).await });
+    let message = started.expect_err("StartContainer").message().to_string();
+    assert!(
+        message.contains(PREOPENS) && message.contains("\"rx\""),
+        "{message}"
+    );
+
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod, spin, reader, bad]);
+}
+
+/// Two handlers with different engine options on one node (what a
+/// RuntimeClass per handler gives a cluster): the default refuses a GC
+/// module with the reason, `wasmtime-gc` runs it; options containerd 1.6
+/// does not pass on, and an option that does not exist, are shown for what
+/// they are.
+#[test]
+fn cri_handlers_with_different_engine_options_share_a_node() {
+    use shim_tests::cri::{BROKEN_HANDLER, GC_HANDLER, INLINE_HANDLER};
+    let node = CriNode::start();
+    let gc = || CriNode::container_config("gc", IMAGE, &["/gc.wasm"]);
+
+    // The default handler: no GC, a clear error at start.
+    let plain_config = node.pod_config("plain");
+    let plain = node.run_pod(&plain_config);
+    let request = k8s_cri::v1::CreateContainerRequest {
+        pod_sandbox_id: plain.clone(),
+        config: Some(gc()),
+        sandbox_config: Some(plain_config.clone()),
+    };
+    let refused = node
+        .try_call(|mut c| async move { c.create_container(request).await })
+        .expect("CreateContainer")
+        .container_id;
+    let request = k8s_cri::v1::StartContainerRequest {
+        container_id: refused.clone(),
+    };
+    let message = node
+        .try_call(|mut c| async move { c.start_container(request).await })
+        .expect_err("a GC module without WasmGc")
+        .message()
+        .to_string();
+    assert!(
+        message.contains("/gc.wasm is not valid WebAssembly") && message.contains("gc"),
+        "{message}"
+    );
+
+    // The GC handler, options from a file: runs it, in a shim of its own.
+    let gc_config = node.pod_config("gcpod");
+    let gc_pod = node.run_pod_with(&gc_config, GC_HANDLER);
+    let ran = node.start_container(&gc_pod, &gc_config, gc());
+    assert_eq!(node.wait_exited(&ran).exit_code, 7);
+
+    // Options inline in containerd's config reach the shim from 1.7 on.
+    let inline_config = node.pod_config("inline");
+    let inline_pod = node.run_pod_with(&inline_config, INLINE_HANDLER);
+    let request = k8s_cri::v1::CreateContainerRequest {
+        pod_sandbox_id: inline_pod.clone(),
+        config: Some(gc()),
+        sandbox_config: Some(inline_config.clone()),
+    };
+    let inline = node
+        .try_call(|mut c| async move { c.create_container(request).await })
+        .expect("CreateContainer")
+        .container_id;
+    let request = k8s_cri::v1::StartContainerRequest {
+        container_id: inline.clone(),
+    };
+    let started = node.try_call(|mut c| async move { c.start_container(request).await });
+    let version = shim_tests::containerd_version();
+    if (version.major, version.minor) >= (1, 7) {
+        started.expect("StartContainer with inline options");
+        assert_eq!(node.wait_exited(&inline).exit_code, 7);
+    } else {
+        let message = started
+            .expect_err("1.6 passes no options table")
+            .message()
+            .to_string();
+        assert!(message.contains("not valid WebAssembly"), "{message}");
+    }
+
+    // A handler whose options name something that does not exist: its pods
+    // fail at RunPodSandbox with the option's name.
+    let broken_config = node.pod_config("broken");
+    let request = k8s_cri::v1::RunPodSandboxRequest {
+        config: Some(broken_config),
+        runtime_handler: BROKEN_HANDLER.into(),
+    };
+    let message = node
+        .try_call(|mut c| async move { c.run_pod_sandbox(request).await })
+        .expect_err("RunPodSandbox with a bad option")
+        .message()
+        .to_string();
+    assert!(
+        message.contains("WasmGC") && message.contains("runtime options"),
+        "{message}"
+    );
+
+    for pod in [&plain, &gc_pod, &inline_pod] {
+        node.stop_and_remove_pod(pod);
+    }
+    node.assert_clean(&[plain, gc_pod, inline_pod, refused, ran, inline]);
+}
+
+/// `ctr run --runtime-config-path`: a file of options for one container.
+#[test]
+fn ctr_takes_engine_options_from_a_runtime_config_file() {
+    let c = Containerd::start();
+    c.import("wasm-test.tar");
+    let options = c.dir().join("wasmtime-gc.toml");
+    std::fs::write(&options, "WasmGc = true\n").unwrap();
+    let with = format!("--runtime-config-path={}", options.display());
+    let (_, out) = {
+        let id = unique_id("gc");
+        let out = c.run(&id, IMAGE, &[&with], &["/gc.wasm"]);
+        (id, out)
+    };
+    assert_eq!(out.code, 7, "{out:?}");
+    let id = unique_id("nogc");
+    let out = c.run(&id, IMAGE, &[], &["/gc.wasm"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("container {id}"))
+            && out.stderr.contains("not valid WebAssembly"),
+        "{out:?}"
+    );
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+
+    // A bad file fails the shim's start with the reason and the container.
+    let broken = c.dir().join("broken.toml");
+    std::fs::write(&broken, "WasmGC = true\n").unwrap();
+    let id = unique_id("badopts");
+    let flag = format!("--runtime-config-path={}", broken.display());
+    let out = c.run(&id, IMAGE, &[&flag], &["/gc.wasm"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    let expected = format!(
+        "container {id}: runtime options ({}): unknown field `WasmGC`",
+        broken.display()
+    );
+    assert!(out.stderr.contains(&expected), "{out:?}");
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+}
