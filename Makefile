@@ -80,7 +80,7 @@ $(IMAGES)/wasitest.component.wasm: $(IMAGES)/wasitest.wasm $(WASM_OCI)
 $(IMAGES)/corrupt.wasm: $(IMAGES)/wasitest.wasm
 	head -c 64 $< > $@
 
-TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm gc.wasm
+TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm gc.wasm net.wasm
 
 $(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) $(IMAGES)/native-hello images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
 	$(WASM_OCI) image --name localhost/wasmtime-shim/wasm-test:latest \
@@ -101,6 +101,20 @@ WASI_HTTP_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 
 	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http") + "/wit")')
 
 WASI_HTTP_VERSION = $(shell sed -n 's/^package wasi:http@\(.*\);/\1/p' $(WASI_HTTP_WIT)/deps/http.wit)
+
+# A command calling wasi:sockets directly, against the WIT wasmtime-wasi ships
+# (its world of imports; the command adapter exports wasi:cli/run).
+WASI_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
+	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi") + "/src/p2/wit")')
+
+$(IMAGES)/net.core.wasm: images/net/net.c
+	@mkdir -p $(IMAGES)
+	$(WASM_CC) -o $@ $<
+
+$(IMAGES)/net.wasm: $(IMAGES)/net.core.wasm $(WASM_OCI)
+	$(WASM_OCI) componentize $< --wit $(WASI_WIT) \
+		--world wasi:cli/imports@$$(sed -n 's/^package wasi:cli@\(.*\);/\1/p' $(WASI_WIT)/deps/cli.wit) \
+		--adapter command -o $@
 
 $(IMAGES)/hello-http.core.wasm: images/http/hello-http.c
 	@mkdir -p $(IMAGES)

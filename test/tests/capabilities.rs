@@ -368,3 +368,104 @@ fn ctr_takes_engine_options_from_a_runtime_config_file() {
     c.ctr(&["containers", "rm", &id]);
     c.assert_clean(&[&id]);
 }
+
+const NETWORK: &str = "wasmtime.containerd.io/network";
+
+/// `net connect` (images/net/net.c) opens a TCP connection through
+/// wasi:sockets: a refused use is `access-denied` from the shim, before the
+/// kernel sees anything; an allowed one reaches the kernel, which has no
+/// route or no listener in a `ctr run` container's empty network namespace.
+#[test]
+fn the_network_annotation_narrows_what_the_guest_can_reach() {
+    let c = Containerd::start();
+    c.import("wasm-test.tar");
+    let connect = |annotation: &str, ip: &'static str| {
+        let (_, out) = run_annotated(&c, "net", annotation, &["/net.wasm", "connect", ip, "9"]);
+        out
+    };
+    let reached_the_kernel = |out: &CtrOutput| {
+        out.code == 1 && out.stdout.starts_with("error: ") && !out.stdout.contains("access-denied")
+    };
+    let out = connect("unrelated=1", "127.0.0.1");
+    assert!(reached_the_kernel(&out), "by default: {out:?}");
+    let out = connect(&format!("{NETWORK}=none"), "127.0.0.1");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (1, "error: access-denied\n"),
+        "{out:?}"
+    );
+    let rule = format!("{NETWORK}=connect:10.0.0.0/8");
+    let out = connect(&rule, "127.0.0.1");
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (1, "error: access-denied\n"),
+        "{out:?}"
+    );
+    let out = connect(&rule, "10.1.2.3");
+    assert!(reached_the_kernel(&out), "an allowed peer: {out:?}");
+
+    let id = unique_id("badnet");
+    let flag = format!("{NETWORK}=connect:example.com:80");
+    let out = c.run(
+        &id,
+        IMAGE,
+        &["--annotation", &flag],
+        &["/net.wasm", "connect", "127.0.0.1", "9"],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    for needle in [
+        format!("container {id}"),
+        NETWORK.to_string(),
+        "is not ADDR".to_string(),
+    ] {
+        assert!(out.stderr.contains(&needle), "{needle:?} not in: {out:?}");
+    }
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+}
+
+/// Through CRI: beside an HTTP server in the pod, a guest allowed to reach
+/// it connects; one whose container annotation says `none` cannot.
+#[test]
+fn cri_network_annotation_allows_only_the_listed_peers() {
+    const HTTP_IMAGE: &str = "localhost/wasmtime-shim/hello-http:latest";
+    let node = CriNode::start();
+    let mut pod_config = node.pod_config("netpod");
+    pod_config
+        .annotations
+        .insert(NETWORK.into(), "connect:127.0.0.0/8:8080".into());
+    let pod = node.run_pod(&pod_config);
+    let ip = node.pod_ip(&pod);
+    let web = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("web", HTTP_IMAGE, &[]),
+    );
+    assert_eq!(
+        node.wait_http(&format!("http://{ip}:8080/")).0,
+        200,
+        "the pod's own server"
+    );
+
+    let client = |name: &str, network: Option<&str>| {
+        let mut config =
+            CriNode::container_config(name, IMAGE, &["/net.wasm", "connect", "127.0.0.1", "8080"]);
+        if let Some(value) = network {
+            config.annotations.insert(NETWORK.into(), value.into());
+        }
+        let id = node.start_container(&pod, &pod_config, config);
+        let status = node.wait_exited(&id);
+        let log =
+            std::fs::read_to_string(node.dir().join(format!("logs/netpod/{name}.log"))).unwrap();
+        (id, status.exit_code, log)
+    };
+    let (allowed, code, log) = client("allowed", None);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("stdout F connected"), "{log}");
+    let (denied, code, log) = client("denied", Some("none"));
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("stdout F error: access-denied"), "{log}");
+
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod, web, allowed, denied]);
+}

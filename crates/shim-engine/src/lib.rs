@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod http;
+pub mod network;
 pub mod options;
 mod wasi;
 
@@ -31,6 +32,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView};
 
 pub use cache::{Cache, Outcome};
+pub use network::NetworkPolicy;
 pub use options::{EngineOptions, OptLevel};
 pub use wasi::{Invocation, Preopen};
 
@@ -433,15 +435,22 @@ struct ComponentState {
     http: WasiHttpCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// Outgoing wasi:http under a narrowed network; `None`: wasmtime's own.
+    outgoing: Option<network::OutgoingHttp>,
 }
 
 impl ComponentState {
     fn new(ctx: WasiCtx, invocation: &Invocation) -> Self {
+        let outgoing = match &invocation.network {
+            NetworkPolicy::All => None,
+            limited => Some(network::OutgoingHttp(Arc::new(limited.clone()))),
+        };
         Self {
             ctx,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: invocation.limits(),
+            outgoing,
         }
     }
 }
@@ -501,7 +510,10 @@ impl wasmtime_wasi_http::WasiHttpView for ComponentState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: match &mut self.outgoing {
+                Some(outgoing) => outgoing,
+                None => Default::default(),
+            },
         }
     }
 }

@@ -163,6 +163,19 @@ fn memory_growth_stops_at_the_limit() {
 }
 
 #[test]
+fn infinite_recursion_traps_with_a_clear_message() {
+    const RECURSE: &str = r#"(module
+      (memory (export "memory") 1)
+      (func $down (call $down))
+      (func (export "_start") (call $down)))"#;
+    let program = engine().prepare("/r.wasm", &wasm(RECURSE), None).unwrap();
+    let exit = program.run(&Invocation::default()).unwrap();
+    assert_eq!(exit.code(), TRAP_EXIT_CODE);
+    let message = exit.message().unwrap();
+    assert!(message.contains("call stack exhausted"), "{message}");
+}
+
+#[test]
 fn a_looping_guest_is_stopped_at_its_deadline() {
     const LOOP: &str = r#"(module
       (memory (export "memory") 1)

@@ -7,12 +7,14 @@
 //! The network is the container's: the process already sits in the network
 //! namespace the spec names (the pod's), so WASI sockets (TCP, UDP, name
 //! lookup through the container's /etc/resolv.conf) and outgoing wasi:http
-//! reach exactly what a native container in that namespace would.
+//! reach exactly what a native container in that namespace would, unless the
+//! invocation's [`NetworkPolicy`] narrows it.
 
 use std::path::PathBuf;
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use crate::network::NetworkPolicy;
 use crate::Error;
 
 /// A host directory made visible to the guest under `guest`.
@@ -36,6 +38,8 @@ pub struct Invocation {
     pub memory_limit: Option<u64>,
     /// How long one instance may run (a command; each request of a server).
     pub deadline: Option<std::time::Duration>,
+    /// What of the container's network the guest may use.
+    pub network: NetworkPolicy,
 }
 
 impl Invocation {
@@ -46,12 +50,19 @@ impl Invocation {
             .envs(&self.env)
             .inherit_stdio()
             .inherit_network()
-            .allow_tcp(true)
-            .allow_udp(true)
-            .allow_ip_name_lookup(true)
+            .allow_tcp(self.network.tcp())
+            .allow_udp(self.network.tcp())
+            .allow_ip_name_lookup(self.network.dns())
             // The guest owns this process: blocking the current thread on
             // filesystem calls is cheaper than handing them to a thread pool.
             .allow_blocking_current_thread(true);
+        if let NetworkPolicy::Limited { .. } = &self.network {
+            let policy = std::sync::Arc::new(self.network.clone());
+            builder.socket_addr_check(move |addr, use_| {
+                let allowed = policy.allows(addr, use_);
+                Box::pin(async move { allowed })
+            });
+        }
         for preopen in &self.preopens {
             let perms = if preopen.read_only {
                 FsPerms::ReadOnly

@@ -51,6 +51,10 @@ pub const PREOPENS_ANNOTATION: &str = "wasmtime.containerd.io/preopens";
 /// The annotation (pod or container) that gives each wasm instance a
 /// wall-clock budget, e.g. `30s`, `500ms`, `2m`, `1h` (see [`deadline`]).
 pub const DEADLINE_ANNOTATION: &str = "wasmtime.containerd.io/deadline";
+/// The annotation (pod or container) that narrows the guest's own network
+/// use: `none`, or `listen`, `dns`, `connect:ADDR[/PREFIX][:PORT]` rules
+/// (read by `shim_engine::NetworkPolicy`).
+pub const NETWORK_ANNOTATION: &str = "wasmtime.containerd.io/network";
 
 /// The entrypoint named by `process.args[0]`: a path and an optional export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +332,8 @@ pub fn deadline(spec: &Spec) -> Result<Option<std::time::Duration>, SpecError> {
     }
 }
 
-fn annotation<'a>(spec: &'a Spec, name: &str) -> Option<&'a str> {
+/// The value of annotation `name` in the spec, if set.
+pub fn annotation<'a>(spec: &'a Spec, name: &str) -> Option<&'a str> {
     spec.annotations().as_ref()?.get(name).map(String::as_str)
 }
 
