@@ -377,6 +377,22 @@ impl CriNode {
         pod_config: &PodSandboxConfig,
         config: ContainerConfig,
     ) -> String {
+        let (id, started) = self.try_start_container(pod, pod_config, config);
+        if let Err(status) = started {
+            panic!("StartContainer {id}: {status:?}\n{}", self.log());
+        }
+        id
+    }
+
+    /// CreateContainer (which must succeed: it only records the container)
+    /// and StartContainer, where the shim sees the container and may refuse
+    /// it; the container id and StartContainer's answer.
+    pub fn try_start_container(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> (String, Result<(), tonic::Status>) {
         let request = CreateContainerRequest {
             pod_sandbox_id: pod.to_string(),
             config: Some(config),
@@ -390,10 +406,10 @@ impl CriNode {
         let request = StartContainerRequest {
             container_id: id.clone(),
         };
-        self.call("StartContainer", |mut c| async move {
-            c.start_container(request).await
-        });
-        id
+        let started = self
+            .try_call(|mut c| async move { c.start_container(request).await })
+            .map(drop);
+        (id, started)
     }
 
     pub fn container_status(&self, id: &str) -> ContainerStatus {

@@ -57,6 +57,30 @@ fn the_preopens_annotation_narrows_what_the_guest_sees() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stdout.contains("Operation not permitted"), "{out:?}");
 
+    // A listed path is the directory itself, not a symlink out of it.
+    let volume = c.dir().join("links");
+    std::fs::create_dir(&volume).unwrap();
+    std::os::unix::fs::symlink("/", volume.join("root")).unwrap();
+    let id = unique_id("symlink");
+    let mount = format!(
+        "type=bind,src={},dst=/mnt,options=rbind:ro",
+        volume.display()
+    );
+    let annotation = format!("{PREOPENS}=/mnt/root");
+    let out = c.run(
+        &id,
+        IMAGE,
+        &["--mount", &mount, "--annotation", &annotation],
+        &cat("/data/hello.txt"),
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("/mnt/root is a symlink to /"),
+        "{out:?}"
+    );
+    c.ctr(&["containers", "rm", &id]);
+    c.assert_clean(&[&id]);
+
     // An empty list: no directory at all.
     let (_, out) = run_annotated(&c, "none", &format!("{PREOPENS}="), &cat("/data/hello.txt"));
     assert_eq!(out.code, 1, "{out:?}");
@@ -119,6 +143,24 @@ fn a_looping_guest_is_stopped_at_its_deadline() {
         took >= Duration::from_secs(1) && took < Duration::from_secs(10),
         "{took:?}"
     );
+    c.assert_clean(&[&id]);
+
+    // A guest blocked in a host call (sleeping), where epochs are not
+    // checked, is stopped as well.
+    let began = Instant::now();
+    let (id, out) = run_annotated(
+        &c,
+        "sleeper",
+        &format!("{DEADLINE}=1s"),
+        &["/wasitest.wasm", "sleep"],
+    );
+    let took = began.elapsed();
+    assert_eq!(out.code, 124, "{out:?}");
+    assert!(
+        out.stderr.contains("ran past its deadline of 1s"),
+        "{out:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
     c.assert_clean(&[&id]);
 
     // A guest that ends in time is not touched.
@@ -211,20 +253,8 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
 
     let mut bad = CriNode::container_config("bad", IMAGE, &["/wasitest.wasm", "hello"]);
     bad.annotations.insert(PREOPENS.into(), "/data:rx".into());
-    let request = k8s_cri::v1::CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(bad),
-        sandbox_config: Some(pod_config.clone()),
-    };
     // CreateContainer only records the container; the shim sees it at start.
-    let bad = node
-        .try_call(|mut c| async move { c.create_container(request).await })
-        .expect("CreateContainer")
-        .container_id;
-    let request = k8s_cri::v1::StartContainerRequest {
-        container_id: bad.clone(),
-    };
-    let started = node.try_call(|mut c| async move { c.start_container(request).await });
+    let (bad, started) = node.try_start_container(&pod, &pod_config, bad);
     let message = started.expect_err("StartContainer").message().to_string();
     assert!(
         message.contains(PREOPENS) && message.contains("\"rx\""),
@@ -249,20 +279,8 @@ fn cri_handlers_with_different_engine_options_share_a_node() {
     // The default handler: no GC, a clear error at start.
     let plain_config = node.pod_config("plain");
     let plain = node.run_pod(&plain_config);
-    let request = k8s_cri::v1::CreateContainerRequest {
-        pod_sandbox_id: plain.clone(),
-        config: Some(gc()),
-        sandbox_config: Some(plain_config.clone()),
-    };
-    let refused = node
-        .try_call(|mut c| async move { c.create_container(request).await })
-        .expect("CreateContainer")
-        .container_id;
-    let request = k8s_cri::v1::StartContainerRequest {
-        container_id: refused.clone(),
-    };
-    let message = node
-        .try_call(|mut c| async move { c.start_container(request).await })
+    let (refused, started) = node.try_start_container(&plain, &plain_config, gc());
+    let message = started
         .expect_err("a GC module without WasmGc")
         .message()
         .to_string();
@@ -280,19 +298,7 @@ fn cri_handlers_with_different_engine_options_share_a_node() {
     // Options inline in containerd's config reach the shim from 1.7 on.
     let inline_config = node.pod_config("inline");
     let inline_pod = node.run_pod_with(&inline_config, INLINE_HANDLER);
-    let request = k8s_cri::v1::CreateContainerRequest {
-        pod_sandbox_id: inline_pod.clone(),
-        config: Some(gc()),
-        sandbox_config: Some(inline_config.clone()),
-    };
-    let inline = node
-        .try_call(|mut c| async move { c.create_container(request).await })
-        .expect("CreateContainer")
-        .container_id;
-    let request = k8s_cri::v1::StartContainerRequest {
-        container_id: inline.clone(),
-    };
-    let started = node.try_call(|mut c| async move { c.start_container(request).await });
+    let (inline, started) = node.try_start_container(&inline_pod, &inline_config, gc());
     let version = shim_tests::containerd_version();
     if (version.major, version.minor) >= (1, 7) {
         started.expect("StartContainer with inline options");

@@ -265,23 +265,12 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
     );
 
     // A third on the taken default port fails to start, and says why.
-    let request = k8s_cri::v1::CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(CriNode::container_config("clash", HTTP_IMAGE, &[])),
-        sandbox_config: Some(pod_config.clone()),
-    };
-    let clash = node
-        .call("CreateContainer", |mut c| async move {
-            c.create_container(request).await
-        })
-        .container_id;
-    let container_id = clash.clone();
-    let err = node
-        .try_call(|mut c| async move {
-            c.start_container(k8s_cri::v1::StartContainerRequest { container_id })
-                .await
-        })
-        .expect_err("a second server on port 8080");
+    let (clash, started) = node.try_start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("clash", HTTP_IMAGE, &[]),
+    );
+    let err = started.expect_err("a second server on port 8080");
     assert!(
         err.message()
             .contains("cannot listen for HTTP on port 8080"),

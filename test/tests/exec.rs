@@ -53,6 +53,16 @@ fn exec_runs_a_wasm_program_in_the_running_container() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "written by wasitest\n", "{out:?}");
 
+    // A wasm container execs WebAssembly only: a native executable in its
+    // root (one the guest could have written) is refused.
+    let out = exec(&c, &id, "native", &["/native-hello"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("/native-hello is a native program")
+            && out.stderr.contains("WebAssembly only"),
+        "{out:?}"
+    );
+
     let out = exec(&c, &id, "missing", &["/no-such.wasm"]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(

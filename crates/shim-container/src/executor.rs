@@ -56,8 +56,16 @@ pub struct WasmExecutor {
     /// The cap on the guest's linear memories when the spec has none of its
     /// own (an exec's spec: the container's limit).
     pub memory_limit: Option<u64>,
-    /// An exec's process (libcontainer's tenant), see [`release_exec_waiter`].
-    pub exec: bool,
+    /// Set for an exec's process (libcontainer's tenant), see
+    /// [`release_exec_waiter`].
+    pub exec: Option<ExecKind>,
+}
+
+/// What an exec may run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecKind {
+    /// A native program (the container itself is native).
+    pub native_allowed: bool,
 }
 
 impl WasmExecutor {
@@ -83,6 +91,12 @@ impl WasmExecutor {
             }
         };
         if layer.is_none() && is_native_executable(&bytes) {
+            if self.exec.is_some_and(|kind| !kind.native_allowed) {
+                return Err(format!(
+                    "{shown} is a native program; an exec into a wasm container runs \
+                     WebAssembly only"
+                ));
+            }
             log::info!("{shown}: a native executable; running it as a Linux container");
             // Not DefaultExecutor::validate: it insists on PATH even for an
             // absolute path (pause images set none); the path is resolved already.
@@ -163,8 +177,24 @@ impl WasmExecutor {
 fn preopens(spec: &Spec, cwd: &Path) -> Result<Vec<Preopen>, String> {
     let grants = narrowed_grants(spec).map_err(|e| e.to_string())?;
     let spec_grants = filesystem_grants(spec);
+    let narrowed = annotation(spec, PREOPENS_ANNOTATION).is_some();
     let mut preopens = Vec::new();
     for grant in &grants {
+        // Opening a preopen follows symlinks: a listed path must be the
+        // directory itself, or `/data` -> `/` would grant the whole root.
+        if narrowed {
+            match std::fs::canonicalize(&grant.path) {
+                Ok(real) if real != grant.path => {
+                    return Err(format!(
+                        "annotation {PREOPENS_ANNOTATION}: {} is a symlink to {} in the \
+                         container; list the directory itself",
+                        grant.path.display(),
+                        real.display()
+                    ))
+                }
+                _ => {}
+            }
+        }
         if grant.path != Path::new("/") && !grant.path.is_dir() {
             // File bind mounts cannot be preopened; the directory they sit
             // in governs them. A listed path must be a directory.
@@ -182,6 +212,8 @@ fn preopens(spec: &Spec, cwd: &Path) -> Result<Vec<Preopen>, String> {
             read_only: grant.read_only,
         });
     }
+    // The working directory is judged by where it really is.
+    let cwd = &std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
     if cwd != Path::new("/") {
         if let Some(grant) = grant_for(&grants, cwd) {
             preopens.push(Preopen {
@@ -218,7 +250,7 @@ fn listen(port: u16) -> Result<TcpListener, String> {
 impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         crate::zygote::close_inherited();
-        crate::zygote::set_name(c"wasm-container");
+        crate::zygote::set_name(crate::WASM_PROCESS_NAME);
         let began = std::time::Instant::now();
         let prepared = self
             .prepare(spec)
@@ -241,7 +273,7 @@ impl Executor for WasmExecutor {
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if self.exec && !matches!(PREPARED.get(), Some(Workload::Native)) {
+        if self.exec.is_some() && !matches!(PREPARED.get(), Some(Workload::Native)) {
             release_exec_waiter();
         }
         let exit = match PREPARED.get() {

@@ -57,6 +57,11 @@ pub struct CreateRequest {
 pub struct ExecProcess {
     pub exec_id: String,
     pub process: serde_json::Value,
+    /// Whether the container runs a native program (a sidecar, a pause
+    /// container): only then may an exec run one. In a wasm container an
+    /// exec runs WebAssembly only, whatever the guest wrote to its root.
+    #[serde(default)]
+    pub native_allowed: bool,
 }
 
 /// A wasm layer stored on the host, to run instead of an entrypoint file.
@@ -334,7 +339,9 @@ fn build_exec(request: &CreateRequest, exec: &ExecProcess) -> Result<i32, String
     // The tenant's spec keeps no `linux.resources`: the container's memory
     // limit caps the exec's linear memories as it caps the container's.
     executor.memory_limit = shim_image::memory_limit(&spec);
-    executor.exec = true;
+    executor.exec = Some(crate::executor::ExecKind {
+        native_allowed: exec.native_allowed,
+    });
     // libcontainer names each tenant's notify socket at random in the
     // container's state directory and leaves it there; execs of one container
     // are built one at a time so that each removes only its own.
@@ -357,6 +364,9 @@ fn build_exec(request: &CreateRequest, exec: &ExecProcess) -> Result<i32, String
     built.map(|pid| pid.as_raw())
 }
 
+/// How long an exec waits for the container's earlier execs to be built.
+const EXEC_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serializes the execs of one container: a POSIX record lock, which the
 /// helper's forked children (the exec processes, which never exec when they
 /// run wasm) do not inherit, unlike a flock. Held until the file is closed.
@@ -370,8 +380,25 @@ fn lock_execs(state: &Path) -> std::io::Result<File> {
     let mut whole: libc::flock = unsafe { std::mem::zeroed() };
     whole.l_type = libc::F_WRLCK as _;
     whole.l_whence = libc::SEEK_SET as _;
-    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLKW(&whole))?;
-    Ok(file)
+    // Bounded: an exec whose build hangs must not hold up every later one.
+    let deadline = std::time::Instant::now() + EXEC_LOCK_TIMEOUT;
+    loop {
+        match nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLK(&whole)) {
+            Ok(_) => return Ok(file),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                return Err(std::io::Error::other(format!(
+                    "another exec of this container has been starting for {}s",
+                    EXEC_LOCK_TIMEOUT.as_secs()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// libcontainer leaves a tenant's notify socket in the container's state

@@ -35,6 +35,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use helper::{CreateRequest, ExecProcess};
+
+/// The name (`comm`) of a wasm container's process, which never `execve`s.
+pub const WASM_PROCESS_NAME: &std::ffi::CStr = c"wasm-container";
 pub use libcgroups::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]

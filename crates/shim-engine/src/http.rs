@@ -192,7 +192,7 @@ impl Server {
         let response_out = http.new_response_outparam(sender)?;
         let pre = self.pre.clone();
         let in_flight = self.in_flight.clone();
-        let target = target.to_string();
+        let shown = target.to_string();
         // The guest may keep running (streaming the body) after it has set
         // the response, so it runs in its own task.
         let guest = tokio::spawn(async move {
@@ -207,16 +207,34 @@ impl Server {
             .await;
             match (&outcome, deadline) {
                 (Err(e), Some(deadline)) if crate::is_interrupt(e) => eprintln!(
-                    "{target}: the request ran past its deadline of {deadline:?} (annotation \
+                    "{shown}: the request ran past its deadline of {deadline:?} (annotation \
                      wasmtime.containerd.io/deadline) and was stopped"
                 ),
                 // Into the container log, where the guest's own output goes.
-                (Err(e), _) => eprintln!("{target}: the guest failed: {e:?}"),
+                (Err(e), _) => eprintln!("{shown}: the guest failed: {e:?}"),
                 (Ok(()), _) => {}
             }
             outcome.is_ok()
         });
-        match receiver.await {
+        // wasm code stops at the deadline by itself (epochs); a guest blocked
+        // in a host call (a sleep, a read) is stopped here.
+        let answer = match deadline {
+            Some(deadline) => {
+                match tokio::time::timeout(deadline + crate::DEADLINE_GRACE, receiver).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        guest.abort();
+                        eprintln!(
+                            "{target}: the request ran past its deadline of {deadline:?} \
+                             (annotation wasmtime.containerd.io/deadline) and was stopped"
+                        );
+                        return Err(wasmtime::format_err!("the request ran past its deadline"));
+                    }
+                }
+            }
+            None => receiver.await,
+        };
+        match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(wasmtime::format_err!("the guest answered with {code:?}")),
             Err(_) => Err(match guest.await {

@@ -46,6 +46,9 @@ pub const DEADLINE_EXIT_CODE: i32 = 124;
 /// How often the engine's epoch advances in a process whose guest has a
 /// deadline: the deadline's resolution.
 const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long past its deadline a guest blocked in a host call (where epochs
+/// are not checked) may stay before it is stopped from outside.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The export a core module runs when the entrypoint names none.
 const DEFAULT_MODULE_EXPORT: &str = "_start";
@@ -383,6 +386,7 @@ impl Program {
 
     /// Instantiates the program with `invocation`'s WASI context and runs it to completion.
     pub fn run(&self, invocation: &Invocation) -> Result<Exit, Error> {
+        let _watchdog = invocation.deadline.map(Watchdog::start);
         let mut builder = invocation.builder()?;
         let outcome = match &self.compiled {
             Compiled::Module { pre, export } => {
@@ -488,6 +492,40 @@ impl Invocation {
         let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
         store.epoch_deadline_trap();
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX / 2).max(1));
+    }
+}
+
+/// Ends the process (exit 124) when a command outlives its deadline by
+/// [`DEADLINE_GRACE`]: the guest is blocked in a host call, where epochs are
+/// not checked. Dropped when the run returns, which stops it.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start(deadline: std::time::Duration) -> Self {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("deadline".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(deadline + DEADLINE_GRACE)
+                {
+                    let exit = Exit::Deadline(deadline);
+                    eprintln!("{}", exit.message().unwrap_or_default());
+                    // SAFETY: ends the process at once; the guest's state
+                    // is abandoned, as a kill would abandon it.
+                    unsafe { libc::_exit(exit.code()) };
+                }
+            })
+            .expect("spawn the deadline watchdog");
+        Self(Some(done))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            let _ = done.send(());
+        }
     }
 }
 

@@ -152,12 +152,14 @@ impl NetworkPolicy {
         };
         match use_ {
             SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend => self.allows_connect(addr),
+            // Answers from a peer the guest may talk to (connected UDP, DNS),
+            // or anything on a socket it may listen with.
+            SocketAddrUse::UdpReceive => *listen || self.allows_connect(addr),
             SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => *listen,
             // Connecting and sending bind a wildcard address first.
             SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
                 *listen || (!connect.is_empty() && addr.ip().is_unspecified() && addr.port() == 0)
             }
-            _ => false,
         }
     }
 
@@ -239,6 +241,8 @@ mod tests {
         assert!(policy.allows(addr("[::ffff:10.0.0.1]:443"), SocketAddrUse::TcpConnect));
         assert!(policy.allows(addr("[fd12::1]:53"), SocketAddrUse::UdpSend));
         assert!(!policy.allows(addr("[fe80::1]:53"), SocketAddrUse::UdpSend));
+        assert!(policy.allows(addr("[fd12::1]:53"), SocketAddrUse::UdpReceive));
+        assert!(!policy.allows(addr("8.8.8.8:53"), SocketAddrUse::UdpReceive));
         // Connecting binds a wildcard first; listening is not allowed.
         assert!(policy.allows(addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
         assert!(!policy.allows(addr("0.0.0.0:8080"), SocketAddrUse::TcpBind));

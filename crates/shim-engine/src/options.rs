@@ -100,6 +100,13 @@ impl EngineOptions {
                 self.pooling_instances
             )));
         }
+        if self.wasm_threads && self.pooling_allocator {
+            return Err(Error::Engine(
+                "WasmThreads = true needs PoolingAllocator = false (wasmtime's instance pool \
+                 has no shared memories)"
+                    .into(),
+            ));
+        }
         wasmtime::Engine::new(&self.config())
             .map(drop)
             .map_err(|e| Error::Engine(format!("{e:#}")))

@@ -130,7 +130,7 @@ impl Shim for WasmtimeShim {
         // The handler's options come on stdin; a bad table fails here, so
         // the pod's first create reports it. The server gets them in its
         // environment, before its zygote builds the engine.
-        let options = match read_start_options() {
+        let options = match read_start_options().and_then(|o| o.validate().map(|()| o)) {
             Ok(options) => options,
             Err(reason) => {
                 // containerd shows what `start` prints: the reason itself,

@@ -23,7 +23,7 @@ use shim_engine::EngineOptions;
 /// Keys of the table that containerd itself reads.
 const CONTAINERD_KEYS: [&str; 2] = ["TypeUrl", "ConfigPath"];
 
-/// A handler's options, validated.
+/// A handler's options; [`RuntimeOptions::validate`] checks the engine's part.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeOptions {
     /// The cgroup driver, when the table says (`SystemdCgroup`); otherwise
@@ -33,6 +33,8 @@ pub struct RuntimeOptions {
     /// shim's environment, `WASMTIME_SHIM_CACHE_DIR`).
     pub cache_dir: Option<PathBuf>,
     pub engine: EngineOptions,
+    /// Where the options came from, for errors.
+    pub origin: String,
 }
 
 impl RuntimeOptions {
@@ -46,6 +48,7 @@ impl RuntimeOptions {
                 .map_err(|e| format!("malformed runtime options: {e}"))?;
             return Ok(Self {
                 systemd_cgroup: Some(runc.systemd_cgroup),
+                origin: "runc's options".into(),
                 ..Self::default()
             });
         }
@@ -87,12 +90,20 @@ impl RuntimeOptions {
             Some(other) => return Err(bad(format!("CacheDir = {other} is not an absolute path"))),
         };
         let engine: EngineOptions = table.try_into().map_err(|e| bad(format!("{e}")))?;
-        engine.validate().map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             systemd_cgroup,
             cache_dir,
             engine,
+            origin: origin.to_string(),
         })
+    }
+
+    /// Checks the engine's part by building an engine from it: what `start`
+    /// does once per pod (create only reads the cgroup driver).
+    pub fn validate(&self) -> Result<(), String> {
+        self.engine
+            .validate()
+            .map_err(|e| format!("runtime options ({}): {e}", self.origin))
     }
 
     /// Whether `cgroups_path` (the spec's) asks for the systemd driver.
@@ -173,7 +184,7 @@ mod tests {
     fn config_path_names_a_file_with_the_same_keys() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("wasmtime.toml");
-        std::fs::write(&file, "WasmThreads = true\n").unwrap();
+        std::fs::write(&file, "WasmThreads = true\nPoolingAllocator = false\n").unwrap();
         let any = runtimeoptions(file.to_str().unwrap(), "");
         let options = RuntimeOptions::from_any(Some(&any)).unwrap();
         assert!(options.engine.wasm_threads);
@@ -196,8 +207,11 @@ mod tests {
             ("CacheDir = \"cache\"", "CacheDir"),
             ("PoolingInstances = 0", "PoolingInstances"),
             ("WasmSimd = false", "simd"),
+            ("WasmThreads = true", "PoolingAllocator = false"),
         ] {
-            let err = RuntimeOptions::from_any(Some(&runtimeoptions("", table))).unwrap_err();
+            let err = RuntimeOptions::from_any(Some(&runtimeoptions("", table)))
+                .and_then(|options| options.validate())
+                .unwrap_err();
             assert!(err.contains(expected), "{table}: {err}");
             assert!(err.starts_with("runtime options"), "{err}");
         }

@@ -152,6 +152,24 @@ impl ExecState {
     }
 }
 
+/// Whether process `pid` (a container's init) runs a native program: a wasm
+/// container's process never `execve`s, so its executable is this shim's
+/// (compared by device and inode, which hold across mount namespaces) and
+/// its name the one the executor gave it (which also covers a shim binary
+/// replaced on disk since this server started).
+fn runs_native(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    match (id(format!("/proc/{pid}/exe")), id("/proc/self/exe".into())) {
+        (Ok(container), Ok(shim)) => {
+            container != shim && shim_container::WASM_PROCESS_NAME.to_str() != Ok(comm.trim_end())
+        }
+        // Unknown (the process is gone): the narrower answer.
+        _ => false,
+    }
+}
+
 /// Exec ids become file names in the bundle: `[A-Za-z0-9._-]`, as containerd's.
 fn valid_exec_id(exec_id: &str) -> bool {
     !exec_id.is_empty()
@@ -285,6 +303,7 @@ impl TaskService {
                 exec: Some(ExecProcess {
                     exec_id: req.exec_id.clone(),
                     process,
+                    native_allowed: runs_native(task.container.pid()),
                 }),
             },
             stdio: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
@@ -417,9 +436,14 @@ impl TaskService {
                             }
                         }
                     };
-                    match exec_id.and_then(|exec_id| task.exec(&exec_id).ok()) {
-                        Some(exec) => record_exec_exit(&task, &exec, &publisher, code),
+                    match exec_id {
                         None => record_exit(&task, &publisher, code),
+                        Some(exec_id) => {
+                            // An exec deleted meanwhile has nobody to tell.
+                            if let Ok(exec) = task.exec(&exec_id) {
+                                record_exec_exit(&task, &exec, &publisher, code)
+                            }
+                        }
                     }
                 }
             })
@@ -684,32 +708,43 @@ impl Task for TaskService {
         let task = self.task(&req.id)?;
         if !req.exec_id.is_empty() {
             let exec = task.exec(&req.exec_id)?;
+            let error = |source| TaskError::Container {
+                id: exec.life.shown.clone(),
+                source,
+            };
+            // Held while signalling: the exit cannot be recorded in between.
             let phase = exec.life.phase();
-            if *phase != Phase::Running {
-                return Err(TaskError::Transition {
-                    id: exec.life.shown.clone(),
-                    source: crate::lifecycle::InvalidTransition {
-                        action: "kill",
-                        state: if phase.exit().is_some() {
-                            "has already exited"
-                        } else {
-                            "is not started"
+            match *phase {
+                Phase::Running => {}
+                Phase::Created => {
+                    return Err(TaskError::Transition {
+                        id: exec.life.shown.clone(),
+                        source: crate::lifecycle::InvalidTransition {
+                            action: "kill",
+                            state: "is not started",
                         },
-                    },
+                    }
+                    .into())
                 }
-                .into());
+                // As runc's shim: an exited process is NOT_FOUND, which CRI's
+                // ExecSync timeout path expects.
+                _ => return Err(error(shim_container::Error::NotRunning).into()),
             }
-            let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
-                task.container_error(shim_container::Error::Signal(req.signal as i32))
-            })?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec.pid() as i32), signal).map_err(
-                |e| {
-                    task.container_error(shim_container::Error::Runtime {
+            let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
+                .map_err(|_| error(shim_container::Error::Signal(req.signal as i32)))?;
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec.pid() as i32), signal) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::ESRCH) => {
+                    return Err(error(shim_container::Error::NotRunning).into())
+                }
+                Err(e) => {
+                    return Err(error(shim_container::Error::Runtime {
                         what: "cannot signal the exec",
                         reason: e.to_string(),
                     })
-                },
-            )?;
+                    .into())
+                }
+            }
             return Ok(Empty::new());
         }
         if task.life.phase().exit().is_some() {
@@ -738,9 +773,15 @@ impl Task for TaskService {
             let mut registry = self.registry();
             registry.tasks.remove(&task.id);
             registry.by_pid.remove(&task.container.pid());
-            for exec in task.execs().drain() {
-                exec.1.close_stdin();
-                registry.by_pid.remove(&(exec.1.pid() as i32));
+            // Execs still running die with the container (its cgroup is
+            // killed and removed); their exits may come after their PIDs
+            // are forgotten, so they are recorded here and waiters woken.
+            for (_, exec) in task.execs().drain() {
+                exec.close_stdin();
+                registry.by_pid.remove(&(exec.pid() as i32));
+                if *exec.life.phase() == Phase::Running {
+                    record_exec_exit(&task, &exec, &self.publisher, 128 + 9);
+                }
             }
         }
         let (code, at) = deleted.exit().unwrap_or((0, SystemTime::now()));
