@@ -1,6 +1,7 @@
 // wasitest: one WASI program with a subcommand per behaviour the shim's tests check.
 // Built with clang --target=wasm32-wasi (see images/Makefile).
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,112 @@ static int spin(void) {
     for (;;) counter++;
 }
 
-int main(int argc, char **argv) {
+// Calls itself through a volatile pointer, adding after the call: no inlining,
+// no tail call, no loop; only wasm's own call stack grows (no locals in linear
+// memory), until the engine traps with "call stack exhausted".
+static int recurse_step(int depth);
+static int (*volatile recurse_next)(int) = recurse_step;
+static int recurse_step(int depth) { return recurse_next(depth + 1) + depth; }
+
+static int recurse(void) {
+    puts("recursing");
+    fflush(stdout);
+    return recurse_step(0) == 42;
+}
+
+// Writes `total` bytes to stdout as 64-byte lines ("0123...xyz\n"), in 64 KiB
+// writes straight to fd 1; says on stderr how much went out.
+static int flood(long long total) {
+    static char buf[1 << 16];
+    const char line[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.\n";
+    for (size_t off = 0; off < sizeof buf; off += 64) memcpy(buf + off, line, 64);
+    long long done = 0;
+    while (done < total) {
+        // After a short write, go on from the same place in the pattern.
+        size_t skip = (size_t)(done % 64), room = sizeof buf - skip;
+        size_t want = total - done < (long long)room ? (size_t)(total - done) : room;
+        ssize_t n = write(1, buf + skip, want);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            fprintf(stderr, "flood: write after %lld bytes: %s\n", done, strerror(errno));
+            return 1;
+        }
+        done += n;
+    }
+    fprintf(stderr, "flooded %lld bytes\n", done);
+    return 0;
+}
+
+// Opens `path` `count` times without closing any; reports how many opened and
+// the first error, then closes them all and opens it once more.
+static int openmany(int count, const char *path) {
+    static int fds[100000];
+    int opened = 0;
+    if (count > 100000) count = 100000;
+    for (; opened < count; opened++) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) {
+            printf("open #%d failed: %s\n", opened + 1, strerror(errno));
+            break;
+        }
+        fds[opened] = fd;
+    }
+    printf("opened %d of %d\n", opened, count);
+    for (int i = 0; i < opened; i++) close(fds[i]);
+    int fd = open(path, O_RDONLY);
+    printf("after closing them: %s\n", fd < 0 ? strerror(errno) : "open again");
+    if (fd >= 0) close(fd);
+    return 0;
+}
+
+// Grows linear memory by 1 MiB (16 pages) at a time with memory.grow, never
+// touching it: only the engine's limits can stop it.
+static int grow(int mb) {
+    for (int i = 0; i < mb; i++) {
+        if (__builtin_wasm_memory_grow(0, 16) == (size_t)-1) {
+            printf("memory.grow failed after %d MiB (memory is %zu MiB)\n", i,
+                   __builtin_wasm_memory_size(0) / 16);
+            return 1;
+        }
+    }
+    printf("grew %d MiB (memory is %zu MiB)\n", mb, __builtin_wasm_memory_size(0) / 16);
+    return 0;
+}
+
+static int report(const char *what, int rc, const char *a, const char *b) {
+    if (rc != 0) {
+        printf("error: %s %s %s: %s\n", what, a, b, strerror(errno));
+        return 1;
+    }
+    printf("%s %s %s: ok\n", what, a, b);
+    return 0;
+}
+
+static int run(int argc, char **argv);
+
+// `do CMD ARGS... -- CMD ARGS... -- ...`: runs each command in turn and prints
+// "=> STATUS" after each, so one container checks several things.
+static int run_each(int argc, char **argv) {
+    int start = 2, failed = 0;
+    while (start < argc) {
+        int end = start;
+        while (end < argc && strcmp(argv[end], "--")) end++;
+        char *saved = argv[start - 1];
+        argv[start - 1] = argv[0];
+        int rc = run(end - start + 1, argv + start - 1);
+        argv[start - 1] = saved;
+        fflush(stdout);
+        printf("=> %d\n", rc);
+        fflush(stdout);
+        failed |= rc != 0;
+        start = end + 1;
+    }
+    return failed;
+}
+
+int main(int argc, char **argv) { return run(argc, argv); }
+
+static int run(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : "hello";
     if (!strcmp(cmd, "hello")) {
         puts("hello from wasm");
@@ -95,6 +201,17 @@ int main(int argc, char **argv) {
         fputs("last words", stdout);
         return 3;
     }
+    if (!strcmp(cmd, "do")) return run_each(argc, argv);
+    if (!strcmp(cmd, "recurse")) return recurse();
+    if (!strcmp(cmd, "flood") && argc > 2) return flood(atoll(argv[2]));
+    if (!strcmp(cmd, "openmany") && argc > 3) return openmany(atoi(argv[2]), argv[3]);
+    if (!strcmp(cmd, "grow") && argc > 2) return grow(atoi(argv[2]));
+    if (!strcmp(cmd, "link") && argc > 3) return report("link", link(argv[2], argv[3]), argv[2], argv[3]);
+    if (!strcmp(cmd, "symlink") && argc > 3)
+        return report("symlink", symlink(argv[2], argv[3]), argv[2], argv[3]);
+    if (!strcmp(cmd, "rename") && argc > 3)
+        return report("rename", rename(argv[2], argv[3]), argv[2], argv[3]);
+    if (!strcmp(cmd, "unlink") && argc > 2) return report("unlink", unlink(argv[2]), argv[2], "");
     fprintf(stderr, "unknown command %s\n", cmd);
     return 2;
 }

@@ -707,3 +707,147 @@ impl Drop for CriNode {
             .status();
     }
 }
+
+// --- Helpers for the fault and churn suites (test/tests/faults.rs, churn.rs) ---
+
+impl CriNode {
+    /// Stops containerd; its shims, pods and containers keep running.
+    pub fn stop_daemon(&mut self) {
+        self.client = None;
+        self.images = None;
+        if let Some(child) = self.containerd.take() {
+            crate::stop_containerd(child);
+        }
+    }
+
+    /// Starts containerd again on the same root, state, socket and network
+    /// namespace, and reconnects the CRI client.
+    pub fn start_daemon(&mut self) {
+        assert!(self.containerd.is_none(), "containerd is running");
+        self.containerd = Some(crate::spawn_containerd(&self.dir, Some(&self.netns)));
+        self.wait_ready();
+    }
+
+    /// The containerd process (under tini), if running.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let tini = self.containerd.as_ref()?.id() as i32;
+        crate::children_of(tini).into_iter().next().or(Some(tini))
+    }
+
+    /// containerd's socket.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.socket()
+    }
+
+    /// The shim processes of any runtime (wasmtime, runc) serving this node.
+    pub fn all_shims(&self) -> Vec<(i32, String)> {
+        crate::shim_servers(&self.socket())
+    }
+
+    /// `ctr -n k8s.io <args>` against this node; its output, whatever the status.
+    pub fn ctr_output(&self, args: &[&str]) -> crate::CtrOutput {
+        Command::new(crate::ctr_binary())
+            .arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ctr")
+            .into()
+    }
+
+    /// The bundle directories containerd holds for the CRI's namespace.
+    pub fn bundles(&self) -> Vec<String> {
+        crate::dir_names(&self.dir.join("state/io.containerd.runtime.v2.task/k8s.io"))
+    }
+
+    /// PodSandboxStatus, verbose: the status and the info map.
+    pub fn pod_status(&self, pod: &str) -> (PodSandboxStatus, HashMap<String, String>) {
+        let pod_sandbox_id = pod.to_string();
+        let response = self.call("PodSandboxStatus", |mut c| async move {
+            c.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id,
+                verbose: true,
+            })
+            .await
+        });
+        (response.status.expect("a pod status"), response.info)
+    }
+
+    /// Whether the pod is SANDBOX_READY.
+    pub fn pod_ready(&self, pod: &str) -> bool {
+        self.pod_status(pod).0.state == PodSandboxState::SandboxReady as i32
+    }
+
+    /// The path of the pod's network namespace (`/var/run/netns/cni-...`),
+    /// from the runtime spec in PodSandboxStatus's verbose info.
+    pub fn pod_netns(&self, pod: &str) -> Option<String> {
+        let (_, info) = self.pod_status(pod);
+        let info: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
+        info.pointer("/runtimeSpec/linux/namespaces")?
+            .as_array()?
+            .iter()
+            .find(|ns| ns["type"] == "network")?
+            .get("path")?
+            .as_str()
+            .map(str::to_string)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// StopContainer with a grace period of `timeout` seconds.
+    pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let container_id = id.to_string();
+        self.try_call(|mut c| async move {
+            c.stop_container(StopContainerRequest {
+                container_id,
+                timeout,
+            })
+            .await
+        })
+        .map(drop)
+    }
+
+    /// RemoveContainer.
+    pub fn remove_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let container_id = id.to_string();
+        self.try_call(|mut c| async move {
+            c.remove_container(RemoveContainerRequest { container_id })
+                .await
+        })
+        .map(drop)
+    }
+
+    /// StopPodSandbox then RemovePodSandbox; the first error.
+    pub fn try_stop_and_remove_pod(&self, pod: &str) -> Result<(), tonic::Status> {
+        let id = pod.to_string();
+        self.try_call(|mut c| async move {
+            c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id })
+                .await
+        })?;
+        let id = pod.to_string();
+        self.try_call(|mut c| async move {
+            c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+        })
+        .map(drop)
+    }
+
+    /// Waits (up to `patience`) until `done` holds for the container's status;
+    /// the last status.
+    pub fn wait_status(
+        &self,
+        id: &str,
+        patience: Duration,
+        done: impl Fn(&ContainerStatus) -> bool,
+    ) -> ContainerStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            let status = self.container_status(id);
+            if done(&status) || Instant::now() > deadline {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -719,3 +719,297 @@ mod tests {
         assert_eq!(ContainerdVersion::parse("containerd"), None);
     }
 }
+
+// --- Helpers for the fault and churn suites (test/tests/faults.rs, churn.rs) ---
+
+impl Containerd {
+    /// `ctr` with a deadline: `None` if it had not returned after `timeout`
+    /// (it is then SIGKILLed, by PID). Stdout and stderr go to files, so a
+    /// chatty ctr never blocks on a full pipe.
+    pub fn ctr_within(&self, args: &[&str], timeout: Duration) -> Option<CtrOutput> {
+        let mut command = self.ctr_command(args);
+        command_within(&mut command, timeout)
+    }
+
+    /// The bundle directories containerd holds for namespace `default`
+    /// (`<state>/io.containerd.runtime.v2.task/default/<id>`).
+    pub fn bundles(&self) -> Vec<String> {
+        dir_names(
+            &self
+                .dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(NAMESPACE),
+        )
+    }
+
+    /// The containerd process (under tini), if running.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let tini = self.child.as_ref()?.id() as i32;
+        children_of(tini).into_iter().next().or(Some(tini))
+    }
+}
+
+/// Runs `command` with stdin closed, killing it (by PID) after `timeout`;
+/// `None` if it had to be killed.
+pub fn command_within(command: &mut Command, timeout: Duration) -> Option<CtrOutput> {
+    let out = tempfile_path("out");
+    let err = tempfile_path("err");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).expect("ctr stdout file"))
+        .stderr(fs::File::create(&err).expect("ctr stderr file"))
+        .spawn()
+        .expect("run ctr");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let read = |p: &Path| {
+        let text = fs::read_to_string(p).unwrap_or_default();
+        let _ = fs::remove_file(p);
+        text
+    };
+    let (stdout, stderr) = (read(&out), read(&err));
+    status.map(|status| CtrOutput {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+    })
+}
+
+fn tempfile_path(what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "wasmtime-shim-ctr-{}-{n}.{what}",
+        std::process::id()
+    ))
+}
+
+/// The names of the entries of `dir` (none if it does not exist).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A process's state letter (`R`, `S`, `Z`, ...) and parent PID, from
+/// `/proc/PID/stat`.
+pub fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself hold ") ".
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// The children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut children: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|&p| proc_state(p).is_some_and(|(_, ppid)| ppid == pid))
+        .collect();
+    children.sort();
+    children
+}
+
+/// Zombies (state `Z`) whose parent is one of `parents`: (pid, parent).
+pub fn zombies_of(parents: &[i32]) -> Vec<(i32, i32)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|p| match proc_state(p) {
+            Some(('Z', ppid)) if parents.contains(&ppid) => Some((p, ppid)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many file descriptors `pid` has open.
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `pid`'s resident set size in KiB (`VmRSS`).
+pub fn rss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The threads of `pid`.
+pub fn threads(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Every fifo at or under `dir`.
+pub fn fifos_under(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_fifo() {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// The cgroup directories left of `ids` under the cgroupfs parent `parent`
+/// (`default` for ctr's containers, `k8s.io` for CRI's).
+pub fn cgroups_of(parent: &str, ids: &[impl AsRef<str>]) -> Vec<String> {
+    cgroups_left(parent, ids)
+}
+
+/// Where a shim groups the tasks of `grouping` (a pod's sandbox id, or a
+/// task id): `/run/containerd/s/<sha256 of <containerd socket>/<ns>/<grouping>>`,
+/// as containerd-shim's `socket_address` computes it.
+pub fn shim_socket(containerd_socket: &Path, namespace: &str, grouping: &str) -> PathBuf {
+    let key = containerd_socket.join(namespace).join(grouping);
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(key.display().to_string().as_bytes())
+        .expect("write to sha256sum");
+    let out = child.wait_with_output().expect("sha256sum");
+    let hash = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from("/run/containerd/s").join(hash.split_whitespace().next().unwrap_or_default())
+}
+
+/// Lines of a containerd log (shim logs included) that tell of a panic.
+pub fn panics_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("panic") || l.contains("rust_backtrace")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A small deterministic PRNG (xorshift64*), so a failing interleaving can be
+/// replayed from its seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `var` in the environment if set, else from the clock; the
+    /// seed is printed.
+    pub fn from_env(var: &str) -> Self {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{var}={seed}");
+        Self::new(seed)
+    }
+
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// A count from the environment variable `var`, else `default`.
+pub fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Containerd {
+    /// What `ids` left behind, while other tasks (a pod's shim) may still
+    /// run: their mounts, cgroups and bundles, and fifos naming them.
+    pub fn leftovers_of(&self, ids: &[impl AsRef<str>]) -> Vec<String> {
+        let mounts = mounts_under(&self.dir);
+        let fifos = fifos_under(&self.dir);
+        let bundles = self.bundles();
+        let mut found = cgroups_left(NAMESPACE, ids);
+        for id in ids {
+            let id = id.as_ref();
+            found.extend(
+                mounts
+                    .iter()
+                    .filter(|m| m.contains(id))
+                    .map(|m| format!("mount {m}")),
+            );
+            found.extend(
+                fifos
+                    .iter()
+                    .filter(|f| f.to_string_lossy().contains(id))
+                    .map(|f| format!("fifo {}", f.display())),
+            );
+            if bundles.iter().any(|b| b == id) {
+                found.push(format!("bundle {id}"));
+            }
+        }
+        found
+    }
+
+    /// Waits up to `patience` until [`Containerd::leftovers_of`] is empty.
+    pub fn assert_clean_of(&self, ids: &[impl AsRef<str>], patience: Duration) {
+        wait_until_clean(patience, || self.leftovers_of(ids), || self.log());
+    }
+}

@@ -44,6 +44,41 @@ fn is_native_executable(head: &[u8]) -> bool {
     head.starts_with(b"\x7fELF") || head.starts_with(b"#!")
 }
 
+/// Why the kernel would refuse to execute an ELF file starting with `head`
+/// here (`execvp` would then try it as a shell script and report ENOENT):
+/// not an executable or shared object, or built for another machine.
+fn elf_unrunnable(head: &[u8]) -> Option<String> {
+    if !head.starts_with(b"\x7fELF") {
+        return None;
+    }
+    let Some(header) = head.get(..20) else {
+        return Some("its header is cut short".into());
+    };
+    let field = |at: usize| match header[5] {
+        2 => u16::from_be_bytes([header[at], header[at + 1]]),
+        _ => u16::from_le_bytes([header[at], header[at + 1]]),
+    };
+    let (kind, machine) = (field(16), field(18));
+    // ET_EXEC, ET_DYN.
+    if kind != 2 && kind != 3 {
+        return Some(format!("ELF type {kind} is not an executable"));
+    }
+    // EM_X86_64 (and EM_386), EM_AARCH64 (and EM_ARM).
+    let runs: &[u16] = match std::env::consts::ARCH {
+        "x86_64" => &[62, 3],
+        "aarch64" => &[183, 40],
+        _ => return None,
+    };
+    if !runs.contains(&machine) {
+        return Some(format!(
+            "it is built for ELF machine {machine}, not this node's {} (an image for \
+             another platform?)",
+            std::env::consts::ARCH
+        ));
+    }
+    None
+}
+
 #[derive(Clone, Default)]
 pub struct WasmExecutor {
     /// The node's code cache, opened on the host before the container's
@@ -81,15 +116,34 @@ impl WasmExecutor {
             None => {
                 let shown = path.display().to_string();
                 let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => format!(
-                        "entrypoint {:?} not found in the container (looked for {shown})",
-                        entry.path
-                    ),
+                    // Links resolve inside the container's root (this runs
+                    // after pivot_root), never on the host.
+                    std::io::ErrorKind::NotFound => match std::fs::read_link(&path) {
+                        Ok(target) => format!(
+                            "entrypoint {:?} not found in the container: {shown} is a symlink \
+                             to {}, which does not exist in the container's root",
+                            entry.path,
+                            target.display()
+                        ),
+                        Err(_) => format!(
+                            "entrypoint {:?} not found in the container (looked for {shown})",
+                            entry.path
+                        ),
+                    },
                     _ => format!("cannot read entrypoint {shown}: {e}"),
                 })?;
                 (shown, bytes)
             }
         };
+        // A .cwasm is an ELF file, but no program: refuse it by name before
+        // the native path sees an ELF file.
+        if shim_engine::is_precompiled(&bytes) {
+            return Err(format!(
+                "{shown} is a precompiled wasmtime artifact (.cwasm), not WebAssembly: native \
+                 code from an image is never loaded; ship the .wasm (the node compiles and \
+                 caches it)"
+            ));
+        }
         if layer.is_none() && is_native_executable(&bytes) {
             if self.exec.is_some_and(|kind| !kind.native_allowed) {
                 return Err(format!(
@@ -108,7 +162,17 @@ impl WasmExecutor {
                     "{shown} is a native program but not executable (mode {mode:o})"
                 ));
             }
+            if let Some(reason) = elf_unrunnable(&bytes) {
+                return Err(format!(
+                    "{shown} is an ELF file this node cannot run: {reason}"
+                ));
+            }
             return Ok(Workload::Native);
+        }
+        if bytes.is_empty() {
+            return Err(format!(
+                "{shown} is an empty file (0 bytes), not WebAssembly"
+            ));
         }
         if !bytes.starts_with(b"\0asm") {
             return Err(format!(
@@ -282,7 +346,16 @@ impl Executor for WasmExecutor {
                 .try_clone()
                 .map_err(|e| shim_engine::Error::Wasi(format!("the HTTP socket: {e}")))
                 .and_then(|listener| program.serve(invocation, listener)),
-            Some(Workload::Native) => return DefaultExecutor {}.exec(spec),
+            Some(Workload::Native) => {
+                // A failed execve (say, the program's dynamic loader is
+                // missing from the image) ends the process with 255: say
+                // why, on the container's stderr, as runc does.
+                let result = DefaultExecutor {}.exec(spec);
+                if let Err(ExecutorError::Execution(e)) = &result {
+                    let _ = writeln!(std::io::stderr(), "{e}");
+                }
+                return result;
+            }
             None => return Err(ExecutorError::Other("exec called before validate".into())),
         }
         .map_err(|e| ExecutorError::Other(e.to_string()))?;
@@ -341,5 +414,26 @@ fn install_termination_handlers() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: installs a handler that only calls _exit (async-signal-safe).
         unsafe { libc::signal(signal, terminate as *const () as libc::sighandler_t) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elf_unrunnable;
+
+    #[test]
+    fn elf_files_the_kernel_would_refuse_are_named() {
+        let own = std::fs::read("/proc/self/exe").unwrap();
+        assert_eq!(elf_unrunnable(&own), None, "this test's own binary");
+        assert_eq!(elf_unrunnable(b"#!/bin/sh\necho"), None, "not ELF");
+        assert!(elf_unrunnable(b"\x7fELF\x02\x01")
+            .unwrap()
+            .contains("cut short"));
+        let mut relocatable = own[..64].to_vec();
+        relocatable[16] = 1; // ET_REL, what a .cwasm is
+        assert!(elf_unrunnable(&relocatable).unwrap().contains("ELF type 1"));
+        let mut foreign = own[..64].to_vec();
+        foreign[18] = 8; // EM_MIPS
+        assert!(elf_unrunnable(&foreign).unwrap().contains("ELF machine 8"));
     }
 }

@@ -106,7 +106,22 @@ impl LinuxContainer {
     }
 
     fn load(&self) -> Result<Container, Error> {
-        Container::load(self.dir()).map_err(|e| Error::runtime("cannot load container state", e))
+        // libcontainer refreshes the status from /proc/<pid>: it opens the
+        // process, then reads its stat. A guest that exits and is reaped in
+        // between (a short one, right after start) fails the load with
+        // "File not found: /proc/<pid>/stat"; once it is gone, the next load
+        // sees it stopped. So a failed load is tried again, a few times.
+        let mut tries = 0;
+        loop {
+            match Container::load(self.dir()) {
+                Ok(container) => return Ok(container),
+                Err(_) if tries < 3 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(tries));
+                }
+                Err(e) => return Err(Error::runtime("cannot load container state", e)),
+            }
+        }
     }
 
     /// Releases the guest: it is waiting on libcontainer's notify socket.

@@ -102,6 +102,14 @@ impl Kind {
     }
 }
 
+/// Whether `bytes` are wasmtime's precompiled native code (a `.cwasm`: an
+/// ELF object marked by wasmtime), of any wasmtime version or configuration.
+/// The shim never loads one from an image: deserializing it would run the
+/// native code it holds, unchecked. Only the node's cache loads artifacts.
+pub fn is_precompiled(bytes: &[u8]) -> bool {
+    wasmtime::Engine::detect_precompiled(bytes).is_some()
+}
+
 /// A wasmtime engine configured for this shim. One is created per process and
 /// reused for every program that process compiles; with a [`Cache`], code
 /// compiled once on the node is mapped from it instead of compiled again.

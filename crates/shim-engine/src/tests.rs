@@ -32,6 +32,22 @@ fn detects_modules_components_and_other_files() {
 }
 
 #[test]
+fn precompiled_artifacts_are_recognised_whatever_engine_wrote_them() {
+    let mut config = wasmtime::Config::new();
+    config.cranelift_opt_level(wasmtime::OptLevel::None);
+    let other = wasmtime::Engine::new(&config).unwrap();
+    let module = wasm(EXIT_42);
+    assert!(is_precompiled(&other.precompile_module(&module).unwrap()));
+    assert!(is_precompiled(
+        &other.precompile_component(&wasm("(component)")).unwrap()
+    ));
+    assert!(!is_precompiled(&module));
+    assert!(!is_precompiled(b"\x7fELF\x02\x01\x01\0 a native program"));
+    let native = std::fs::read("/proc/self/exe").unwrap();
+    assert!(!is_precompiled(&native));
+}
+
+#[test]
 fn truncated_wasm_is_reported_as_invalid_with_the_reason() {
     let bytes = wasm(EXIT_42);
     let err = engine()

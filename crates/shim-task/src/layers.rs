@@ -32,17 +32,28 @@ pub struct ContainerdApi {
 }
 
 /// Whether the container's root will be empty: no rootfs mounts and an empty
-/// bundle `rootfs`, or a single bind mount of an empty directory (what the
-/// overlayfs and native snapshotters give for an image with no tar layers).
+/// root directory (the spec's `root.path`, usually the bundle's `rootfs`), or
+/// a single bind mount of an empty directory (what the overlayfs and native
+/// snapshotters give for an image with no tar layers).
 pub fn root_is_empty(bundle: &Path, rootfs: &[RootfsMount]) -> bool {
     let empty = |dir: &Path| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
     match rootfs {
-        [] => empty(&bundle.join("rootfs")),
+        [] => empty(&spec_root(bundle)),
         [mount] if mount.kind == "bind" || mount.options.iter().any(|o| o.ends_with("bind")) => {
             empty(Path::new(&mount.source))
         }
         _ => false,
     }
+}
+
+/// The root directory the bundle's spec names: `root.path`, relative to the
+/// bundle unless absolute (a spec given whole, as `ctr run --config` does,
+/// may name any directory); `<bundle>/rootfs` when the spec says nothing.
+fn spec_root(bundle: &Path) -> PathBuf {
+    oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|spec| spec.root().as_ref().map(|root| bundle.join(root.path())))
+        .unwrap_or_else(|| bundle.join("rootfs"))
 }
 
 impl ContainerdApi {
@@ -322,6 +333,21 @@ mod tests {
         assert!(!root_is_empty(bundle, &overlay), "an unpacked image");
         fs::write(bundle.join("rootfs/app.wasm"), b"\0asm").unwrap();
         assert!(!root_is_empty(bundle, &[]));
+        // A spec given whole (`ctr run --config`) names its own root.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let root = oci_spec::runtime::RootBuilder::default()
+            .path(&elsewhere)
+            .build()
+            .unwrap();
+        let spec = oci_spec::runtime::SpecBuilder::default()
+            .root(root)
+            .build()
+            .unwrap();
+        spec.save(bundle.join("config.json")).unwrap();
+        assert!(root_is_empty(bundle, &[]), "its root is empty");
+        fs::write(elsewhere.join("app.wasm"), b"\0asm").unwrap();
+        assert!(!root_is_empty(bundle, &[]), "its root holds the wasm");
     }
 
     #[test]

@@ -64,6 +64,21 @@ fn sandbox_id(bundle: &std::path::Path) -> Option<String> {
     Some(id)
 }
 
+/// Removes the socket file of address `address` (`unix:///path` or a path), if it is a socket.
+fn remove_socket(address: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if path.is_empty() {
+        return;
+    }
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("cannot remove the socket {path}: {e}");
+        }
+    }
+}
+
 /// The runtime options containerd writes to `shim start`'s stdin (an `Any`).
 fn read_start_options() -> Result<options::RuntimeOptions, String> {
     use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -89,6 +104,8 @@ pub struct WasmtimeShim {
     bundle: PathBuf,
     debug: bool,
     exit: Arc<ExitSignal>,
+    /// The server's socket (`-socket`), empty for `start` and `delete`.
+    socket: String,
 }
 
 impl Shim for WasmtimeShim {
@@ -107,6 +124,7 @@ impl Shim for WasmtimeShim {
             bundle,
             debug: args.debug,
             exit: Arc::default(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -157,6 +175,19 @@ impl Shim for WasmtimeShim {
         if let Err(e) = shim_container::cleanup(&self.bundle, &self.id) {
             log::warn!("container {}: cleanup after the shim: {e}", self.id);
         }
+        // A killed shim leaves its socket; no server answers on it any more
+        // (a pod's shim still serving other tasks does, and keeps it).
+        if let Ok(address) = std::fs::read_to_string(self.bundle.join("address")) {
+            let path = address
+                .trim()
+                .strip_prefix("unix://")
+                .unwrap_or(address.trim());
+            let refused = std::os::unix::net::UnixStream::connect(path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+            if refused {
+                remove_socket(path);
+            }
+        }
         Ok(DeleteResponse {
             exit_status: CRASHED_EXIT_STATUS,
             exited_at: MessageField::some(Timestamp::from(SystemTime::now())),
@@ -166,6 +197,12 @@ impl Shim for WasmtimeShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The socket goes now, while this shim is sure it is its own.
+        // containerd-shim removes it after the server stops, reading its
+        // address from the bundle's `address` file, which containerd may
+        // have deleted by then (it does not wait for the shim to exit after
+        // Shutdown): the socket was then left in /run/containerd/s.
+        remove_socket(&self.socket);
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {

@@ -200,10 +200,21 @@ fn ts(at: SystemTime) -> MessageField<Timestamp> {
     MessageField::some(Timestamp::from(at))
 }
 
+/// `error` and its sources: oci-spec says only "serde failed" and keeps
+/// what failed (the field, the value, where) in its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
 /// The spec's `linux.cgroupsPath`, which tells the cgroup driver when the
 /// runtime options do not.
-fn cgroups_path(bundle: &str) -> Option<String> {
-    let spec = oci_spec::runtime::Spec::load(PathBuf::from(bundle).join("config.json")).ok()?;
+fn cgroups_path(spec: &oci_spec::runtime::Spec) -> Option<String> {
     let path = spec.linux().as_ref()?.cgroups_path().as_ref()?;
     Some(path.display().to_string())
 }
@@ -505,7 +516,20 @@ impl Task for TaskService {
         if self.registry().tasks.contains_key(&id) {
             return Err(TaskError::AlreadyExists(id).into());
         }
-        if req.terminal {
+        // A spec that cannot be read fails here, with its own error, rather
+        // than later with one about what it was taken to mean.
+        let spec = oci_spec::runtime::Spec::load(PathBuf::from(&req.bundle).join("config.json"))
+            .map_err(|e| TaskError::InvalidArgument {
+                id: id.clone(),
+                reason: format!(
+                    "its runtime spec (config.json) is not valid: {}",
+                    with_causes(&e)
+                ),
+            })?;
+        // containerd passes `terminal` on only when its client asked for a
+        // TTY itself; a spec given whole may ask in `process.terminal`.
+        let spec_terminal = spec.process().as_ref().and_then(|p| p.terminal());
+        if req.terminal || spec_terminal == Some(true) {
             return Err(TaskError::InvalidArgument {
                 id,
                 reason:
@@ -515,7 +539,7 @@ impl Task for TaskService {
             .into());
         }
         let systemd_cgroup = RuntimeOptions::from_any(req.options.as_ref())
-            .map(|options| options.systemd(cgroups_path(&req.bundle).as_deref()))
+            .map(|options| options.systemd(cgroups_path(&spec).as_deref()))
             .map_err(|reason| TaskError::InvalidArgument {
                 id: id.clone(),
                 reason,
