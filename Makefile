@@ -24,7 +24,9 @@ help:
 	@echo "make demo     run a wasm program through a private containerd with this shim"
 	@echo "make test     unit tests + end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
 	@echo "make bench    start latency and memory vs runc, one run (report in target/bench/)"
+	@echo "make soak     churn: SOAK_COUNT (5000) containers, SOAK_PODS (1000) pods, then a leak count (root)"
 	@echo "make build | release | install | images | deps | fmt | lint"
+	@echo "make fuzz     every fuzz target for FUZZ_SECONDS (30) each, nightly + cargo-fuzz (docs/reliability.md)"
 	@echo "make installer-image   the node installer's OCI image, static binaries (docs/installation.md)"
 
 build:
@@ -44,6 +46,8 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
+	@rustup run nightly rustc -V >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	test/fetch-debs.sh $(DEBS)
 
 # --- images: the demo and test programs, as OCI image tarballs -------------
@@ -208,7 +212,7 @@ manifest-test:
 
 # The machine's containerd, then the matrix, even when the first fails: the
 # output shows every version's results before make fails.
-test: deps unit-test manifest-test
+test: deps unit-test manifest-test fuzz
 	@status=0; $(MAKE) --no-print-directory e2e-test || status=1; \
 	$(MAKE) --no-print-directory e2e-matrix || status=1; exit $$status
 
@@ -228,6 +232,40 @@ bench-deps: deps
 
 bench: bench-deps build release images $(IMAGES)/python-http.tar $(WASMTIME_CLI)
 	SHIM_DIR=$(CURDIR)/target/release BENCH_WASMTIME=$(abspath $(WASMTIME_CLI)) target/debug/bench
+
+# --- soak: test/tests/churn.rs with large counts; its figures are printed ---
+# (one shim per container, one long-lived pod shim, CRI pods; docs/reliability.md).
+SOAK_COUNT ?= 5000
+SOAK_PODS ?= 1000
+
+soak: build images
+	CHURN_COUNT=$(SOAK_COUNT) CHURN_PODS=$(SOAK_PODS) \
+		$(CARGO) test -p shim-tests --test churn -- --test-threads=2 --nocapture
+
+.PHONY: soak
+
+# --- fuzzing: fuzz/, a cargo-fuzz crate in a workspace of its own -----------
+# Each target for FUZZ_SECONDS from the committed corpus (read only: new inputs
+# go to a scratch directory, so the tree stays clean). Every target runs; then
+# the target fails if any found a crash (the input is kept in
+# fuzz/artifacts/<target>/, which git ignores).
+FUZZ_TARGETS := entrypoint oci_spec manifest installer_toml
+FUZZ_SECONDS ?= 30
+FUZZ_CARGO ?= cargo +nightly
+
+fuzz:
+	$(FUZZ_CARGO) fuzz build
+	@scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p $$scratch/$$t; dict=""; [ -f fuzz/dict/$$t.dict ] && dict="-dict=fuzz/dict/$$t.dict"; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+		$(FUZZ_CARGO) fuzz run $$t $$scratch/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "== fuzz: crashes in:$$failed (fuzz/artifacts/)"; exit 1; fi; \
+	echo "== fuzz: no crash in $(FUZZ_TARGETS)"
+
+.PHONY: fuzz
 
 fmt:
 	$(CARGO) fmt --all

@@ -320,11 +320,16 @@ pub fn deadline(spec: &Spec) -> Result<Option<std::time::Duration>, SpecError> {
         "h" => 3600.0,
         _ => f64::NAN,
     };
-    match number.parse::<f64>().map(|n| n * scale) {
+    let duration = match number.parse::<f64>().map(|n| n * scale) {
         Ok(secs) if secs > 0.0 && secs <= 366.0 * 86400.0 => {
-            Ok(Some(std::time::Duration::from_secs_f64(secs)))
+            Some(std::time::Duration::from_secs_f64(secs))
         }
-        _ => Err(SpecError::BadAnnotation {
+        _ => None,
+    };
+    // Under a nanosecond is a zero Duration: no budget at all, as `0s`.
+    match duration.filter(|d| !d.is_zero()) {
+        Some(duration) => Ok(Some(duration)),
+        None => Err(SpecError::BadAnnotation {
             annotation: DEADLINE_ANNOTATION,
             value: value.to_string(),
             reason: "not a duration (a positive number with ms, s, m or h, e.g. 30s)".into(),

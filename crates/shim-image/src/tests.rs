@@ -449,7 +449,19 @@ fn the_deadline_annotation_is_a_duration() {
     assert_eq!(parse("1.5m"), secs(90.0));
     assert_eq!(parse("2h"), secs(7200.0));
     assert_eq!(parse(" 10 "), secs(10.0));
-    for bad in ["", "0s", "-1s", "ten", "5d", "1e9", "nan"] {
+    // "0.0000000001": positive, but under a nanosecond, so a zero Duration
+    // (found by the oci_spec fuzz target's invariant).
+    for bad in [
+        "",
+        "0s",
+        "-1s",
+        "ten",
+        "5d",
+        "1e9",
+        "nan",
+        "0.0000000001",
+        "0.0000001ms",
+    ] {
         let err = parse(bad).unwrap_err();
         assert!(
             err.to_string().contains(DEADLINE_ANNOTATION),
