@@ -372,6 +372,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// SIGKILLs the task `id`, deletes it once it has exited (waiting up to
     /// 10 s), and deletes the container.
+    /// A pod as kubelet makes one through CRI, made with ctr: a pause sandbox
+    /// (pause.tar is imported) whose `io.kubernetes.cri.sandbox-id`
+    /// annotation routes the pod's later tasks to its shim. Returns the
+    /// annotation (`key=value`, for `--annotation`) and the sandbox's id.
+    pub fn start_pod(&self) -> (String, String) {
+        self.import("pause.tar");
+        let annotation = format!("io.kubernetes.cri.sandbox-id={}", unique_id("pod"));
+        let sandbox = unique_id("sandbox");
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--annotation",
+            &annotation,
+            "--runtime",
+            RUNTIME,
+            "localhost/wasmtime-shim/pause:latest",
+            &sandbox,
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        (annotation, sandbox)
+    }
+
     pub fn remove(&self, id: &str) {
         self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -857,12 +879,17 @@ pub fn open_fds(pid: i32) -> usize {
 
 /// `pid`'s resident set size in KiB (`VmRSS`).
 pub fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS").unwrap_or(0)
+}
+
+/// A KiB figure of `pid`'s `/proc/PID/status` (`VmRSS`, `VmHWM`, ...);
+/// None once the process is gone.
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
     fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The threads of `pid`.

@@ -682,12 +682,7 @@ fn a_100_mb_module_runs_within_bounds_or_fails_clearly_under_a_small_limit() {
 
 /// A process's peak resident set size in KiB (`VmHWM`).
 fn hwm_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    shim_tests::status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
 // --- Through CRI, as kubelet would see it ------------------------------------

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shim_tests::cri::CriNode;
-use shim_tests::{env_count, unique_id, Containerd, CtrOutput, RUNTIME};
+use shim_tests::{env_count, unique_id, Containerd, CtrOutput};
 
 const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
@@ -215,21 +215,7 @@ fn short_lived_containers_through_one_pod_shim_leave_it_as_it_was() {
     let warmup = (n / 2).min(100);
     let c = Containerd::start_logging("info");
     c.import("wasm-test.tar");
-    c.import("pause.tar");
-    let pod = unique_id("pod");
-    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
-    let sandbox = unique_id("sandbox");
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--annotation",
-        &annotation,
-        "--runtime",
-        RUNTIME,
-        "localhost/wasmtime-shim/pause:latest",
-        &sandbox,
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    let (annotation, sandbox) = c.start_pod();
     let shim = *c.shims().keys().next().expect("the pod's shim");
     let at_start = figures(shim);
     let ids: Vec<String> = (0..n).map(|i| unique_id(&format!("podchurn{i}"))).collect();
@@ -344,7 +330,8 @@ fn short_lived_containers_through_one_pod_shim_leave_it_as_it_was() {
     let mut all: Vec<&str> = ids.iter().map(String::as_str).collect();
     all.push(&sandbox);
     c.assert_clean(&all);
-    let socket = shim_tests::shim_socket(&c.socket(), shim_tests::NAMESPACE, &pod);
+    let pod = annotation.split_once('=').expect("key=value").1;
+    let socket = shim_tests::shim_socket(&c.socket(), shim_tests::NAMESPACE, pod);
     assert!(
         !socket.exists(),
         "the pod shim's socket is left: {}",

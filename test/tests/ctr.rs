@@ -391,21 +391,7 @@ fn tasks_of_one_pod_come_and_go_through_its_running_shim() {
     // As under kubelet: a sandbox holds the pod's shim; containers of the pod
     // (same sandbox-id annotation) start, exit and are removed through it.
     let c = containerd();
-    c.import("pause.tar");
-    let pod = unique_id("pod");
-    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
-    let sandbox = unique_id("sandbox");
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--annotation",
-        &annotation,
-        "--runtime",
-        shim_tests::RUNTIME,
-        "localhost/wasmtime-shim/pause:latest",
-        &sandbox,
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
+    let (annotation, sandbox) = c.start_pod();
     let mut ids = vec![sandbox.clone()];
     for n in 0..30 {
         let id = unique_id(&format!("task{n}"));

@@ -661,27 +661,6 @@ fn drop_ctr_fifos(c: &Containerd, id: &str) -> usize {
     fifos.len()
 }
 
-/// A pod as kubelet makes one through CRI, made with ctr: a pause sandbox
-/// whose annotation routes the pod's tasks to its shim. The annotation and
-/// the sandbox's id.
-fn ctr_pod(c: &Containerd) -> (String, String) {
-    c.import("pause.tar");
-    let annotation = format!("io.kubernetes.cri.sandbox-id={}", unique_id("pod"));
-    let sandbox = unique_id("sandbox");
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--annotation",
-        &annotation,
-        "--runtime",
-        RUNTIME,
-        "localhost/wasmtime-shim/pause:latest",
-        &sandbox,
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
-    (annotation, sandbox)
-}
-
 /// Where `action` (a ctr command taking the task id last) landed on a task
 /// being created and started by `ctr run -d`.
 #[derive(Debug, Default)]
@@ -757,7 +736,7 @@ fn a_kill_during_create_and_a_delete_during_start_leave_nothing() {
     // the earliest a kill or delete can land is between create and start.
     let c = Containerd::start();
     c.import("wasm-test.tar");
-    let (annotation, sandbox) = ctr_pod(&c);
+    let (annotation, sandbox) = c.start_pod();
     let shim = c.shims();
     for pod in [None, Some(annotation.as_str())] {
         let kills = race(&c, pod, &["task", "kill", "-s", "SIGKILL"], 8, |id, run| {
@@ -845,7 +824,7 @@ fn a_guest_killed_while_it_is_created_leaves_nothing() {
     // while the shim is still creating it.
     let c = Containerd::start();
     c.import("wasm-test.tar");
-    let (annotation, sandbox) = ctr_pod(&c);
+    let (annotation, sandbox) = c.start_pod();
     for round in 0..10 {
         let pod = (round % 2 == 1).then_some(annotation.as_str());
         let id = unique_id(&format!("shot{round}"));
@@ -1008,7 +987,7 @@ fn lifecycle(c: &Containerd, annotation: &str, id: &str, mut rng: Rng, storm: &M
 fn fifty_lifecycles_at_once_on_one_shim_neither_hang_nor_leak() {
     let c = Containerd::start();
     c.import("wasm-test.tar");
-    let (annotation, sandbox) = ctr_pod(&c);
+    let (annotation, sandbox) = c.start_pod();
     let shim = *c.shims().keys().next().expect("the pod's shim");
     let mut rng = Rng::from_env("FAULTS_SEED");
     let ids: Vec<String> = (0..50).map(|n| unique_id(&format!("storm{n}"))).collect();

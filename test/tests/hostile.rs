@@ -682,27 +682,6 @@ fn a_looping_guest_under_a_cpu_quota_is_throttled_and_dies_on_sigkill() {
 
 // --- flooding output, exhausting descriptors ----------------------------------
 
-/// A pod's shim kept alive by a (native) sandbox, as kubelet keeps it: the
-/// annotation that puts later tasks in it.
-fn start_pod(c: &Containerd) -> (String, String) {
-    c.import("pause.tar");
-    let pod = unique_id("pod");
-    let sandbox = unique_id("sandbox");
-    let annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--annotation",
-        &annotation,
-        "--runtime",
-        RUNTIME,
-        "localhost/wasmtime-shim/pause:latest",
-        &sandbox,
-    ]);
-    assert_eq!(out.code, 0, "{out:?}");
-    (sandbox, annotation)
-}
-
 /// The processes of `c`'s shims by pid: (comm, VmRSS in KiB, open fds).
 /// The shim server is `containerd-shim`, its zygote `shim-zygote`, a wasm
 /// container's process `wasm-container`.
@@ -715,13 +694,8 @@ fn shim_processes(c: &Containerd) -> Vec<(i32, String, u64, usize)> {
             if !["containerd-shim", "shim-zygote", "wasm-container"].contains(&comm.as_str()) {
                 return None;
             }
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let rss = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())?;
-            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
-            Some((pid, comm, rss, fds))
+            let rss = shim_tests::status_kib(pid, "VmRSS")?;
+            Some((pid, comm, rss, shim_tests::open_fds(pid)))
         })
         .collect()
 }
@@ -785,7 +759,7 @@ fn a_gigabyte_of_output_streams_out_and_the_shim_stays_flat() {
     const FLOOD: u64 = 1_000_000_000;
     const GROWTH_KIB: u64 = 50 << 10;
     let c = containerd();
-    let (sandbox, annotation) = start_pod(&c);
+    let (annotation, sandbox) = c.start_pod();
     let (shim, rss_before, _) = shim_server(&c);
 
     let id = unique_id("flood");
@@ -922,7 +896,7 @@ fn a_gigabyte_of_output_streams_out_and_the_shim_stays_flat() {
 #[test]
 fn thousands_of_open_files_fail_inside_the_guest_and_leak_nothing() {
     let c = containerd();
-    let (sandbox, annotation) = start_pod(&c);
+    let (annotation, sandbox) = c.start_pod();
     let fds = |c: &Containerd| {
         let mut by_comm: Vec<(String, usize)> = shim_processes(c)
             .into_iter()
