@@ -778,11 +778,18 @@ fn a_kill_during_create_and_a_delete_during_start_leave_nothing() {
     // The pod's shim lived through all of it and still serves.
     assert_eq!(c.shims().len(), 1, "{:?}", c.shims());
     assert!(c.shims().keys().all(|pid| shim.contains_key(pid)));
-    let id = unique_id("after-races");
+    the_pod_still_serves_then_goes(&c, &annotation, &sandbox, &[]);
+}
+
+/// The end of a test on a ctr-made pod: its shim still runs a new task,
+/// then the pod goes and nothing of it, of that task or of `ids` is left,
+/// and nothing panicked.
+fn the_pod_still_serves_then_goes(c: &Containerd, annotation: &str, sandbox: &str, ids: &[&str]) {
+    let id = unique_id("after");
     let out = c.run(
         &id,
         IMAGE,
-        &["--annotation", &annotation],
+        &["--annotation", annotation],
         &["/wasitest.wasm"],
     );
     assert_eq!(
@@ -790,8 +797,10 @@ fn a_kill_during_create_and_a_delete_during_start_leave_nothing() {
         (0, "hello from wasm\n"),
         "{out:?}"
     );
-    c.remove(&sandbox);
-    c.assert_clean(&[&sandbox, &id]);
+    c.remove(sandbox);
+    let mut all = ids.to_vec();
+    all.extend([sandbox, id.as_str()]);
+    c.assert_clean(&all);
     let panics = shim_tests::panics_in(&c.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }
@@ -862,22 +871,7 @@ fn a_guest_killed_while_it_is_created_leaves_nothing() {
         c.assert_clean_of(&[&id], Duration::from_secs(10));
     }
     assert_eq!(c.shims().len(), 1, "only the pod's shim: {:?}", c.shims());
-    let id = unique_id("after-shots");
-    let out = c.run(
-        &id,
-        IMAGE,
-        &["--annotation", &annotation],
-        &["/wasitest.wasm"],
-    );
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (0, "hello from wasm\n"),
-        "{out:?}"
-    );
-    c.remove(&sandbox);
-    c.assert_clean(&[&sandbox, &id]);
-    let panics = shim_tests::panics_in(&c.log());
-    assert!(panics.is_empty(), "{panics:#?}");
+    the_pod_still_serves_then_goes(&c, &annotation, &sandbox, &[]);
 }
 
 /// What 50 lifecycles on one shim did: calls made, the slowest, failures.
@@ -1030,24 +1024,8 @@ fn fifty_lifecycles_at_once_on_one_shim_neither_hang_nor_leak() {
     parents.extend(shim_tests::children_of(shim));
     let zombies = shim_tests::zombies_of(&parents);
     assert!(zombies.is_empty(), "zombies under the shim: {zombies:?}");
-    let id = unique_id("after-storm");
-    let out = c.run(
-        &id,
-        IMAGE,
-        &["--annotation", &annotation],
-        &["/wasitest.wasm"],
-    );
-    assert_eq!(
-        (out.code, out.stdout.as_str()),
-        (0, "hello from wasm\n"),
-        "{out:?}"
-    );
-    c.remove(&sandbox);
-    let mut all: Vec<&str> = ids.iter().map(String::as_str).collect();
-    all.extend([sandbox.as_str(), id.as_str()]);
-    c.assert_clean(&all);
-    let panics = shim_tests::panics_in(&c.log());
-    assert!(panics.is_empty(), "{panics:#?}");
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    the_pod_still_serves_then_goes(&c, &annotation, &sandbox, &ids);
 }
 
 /// The exit status containerd published for `id` in `ctr events` output.
