@@ -892,6 +892,21 @@ pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// The CPU time `pid` has used (user + system, `/proc/PID/stat`; Linux
+/// reports it in USER_HZ, 100 per second); None once it is gone.
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|t| t.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// The threads of `pid`.
 pub fn threads(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task"))

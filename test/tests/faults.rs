@@ -61,6 +61,10 @@ fn tasks_survive_a_containerd_restart() {
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     let ended_pids = [&ended, &runc_ended].map(|id| c.task_pid(id).expect("pid"));
+    let shims = [&running, &ended].map(|id| {
+        let pid = c.task_pid(id).expect("pid");
+        shim_tests::proc_state(pid).expect("the guest's parent").1
+    });
     c.stop_daemon();
     // Guests that end while containerd is down.
     for pid in ended_pids {
@@ -69,7 +73,18 @@ fn tasks_survive_a_containerd_restart() {
             .status();
         assert!(killed.unwrap().success());
     }
-    std::thread::sleep(Duration::from_millis(200));
+    assert_reaped(&ended_pids);
+    // And the shims idle while nobody reads their log: a shim that logged
+    // into containerd's closed log fifo once spun on SIGPIPE, reaping nothing.
+    let before = shims.map(|pid| shim_tests::cpu_time(pid).expect("shim alive"));
+    std::thread::sleep(Duration::from_millis(500));
+    for (pid, before) in shims.into_iter().zip(before) {
+        let used = shim_tests::cpu_time(pid).expect("shim alive") - before;
+        assert!(
+            used < Duration::from_millis(100),
+            "shim {pid} used {used:?} of CPU in 500 ms with containerd down"
+        );
+    }
     c.start_daemon();
     // containerd reconnects to both shims: one task still runs.
     let tasks = c.ctr(&["task", "ls"]).stdout;
@@ -200,6 +215,26 @@ fn cri_task_pid(node: &CriNode, id: &str) -> Option<i32> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
 }
 
+/// Waits for guests SIGKILLed while containerd is down to be reaped by their
+/// shims, which must happen at once, as under runc's shim: containerd 1.7+
+/// decides what to do with a task from the processes its shim still lists
+/// when it comes back, and a guest still dying then (a big address space
+/// takes a while to tear down) would make the outcome a race.
+fn assert_reaped(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Some(&pid) = pids
+        .iter()
+        .find(|&&pid| shim_tests::proc_state(pid).is_some())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{pid} ended while containerd was down and was not reaped: {:?}",
+            shim_tests::proc_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn sigkill(pid: i32) {
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -261,7 +296,7 @@ fn containerd_restarted_under_cri_keeps_wasm_pods_under_control() {
     for pid in pids {
         sigkill(pid);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    assert_reaped(&pids);
     node.start_daemon();
 
     // The pod's shim was kept, not restarted.

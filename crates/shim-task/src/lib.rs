@@ -108,10 +108,28 @@ pub struct WasmtimeShim {
     socket: String,
 }
 
+/// Puts SIGPIPE back to ignored, as every Rust program starts.
+///
+/// containerd-shim catches SIGPIPE with its signal thread, which is also
+/// the reaper, and logs each one at debug level into containerd's `log` fifo.
+/// While containerd is down (a restart) that fifo has no reader, so the log
+/// line raises the next SIGPIPE: the thread spun at 100% CPU and reaped no
+/// guest, and containerd 1.7+ then found a dead task's zombie still listed.
+/// Ignored, a write to a closed fifo or socket is a plain EPIPE (the log line
+/// is dropped, as runc's shim drops it).
+fn ignore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN runs no code in the handler.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) } {
+        log::warn!("cannot ignore SIGPIPE: {e}");
+    }
+}
+
 impl Shim for WasmtimeShim {
     type T = TaskService;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        ignore_sigpipe();
         let bundle = if args.bundle.is_empty() {
             std::env::current_dir().unwrap_or_default()
         } else {
