@@ -9,8 +9,9 @@ SHIM := containerd-shim-wasmtime-v1
 # Every debug build selects the same packages and targets, so cargo unifies the
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
-# Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry
+# Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc,
+# libseccomp for libcontainer).
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry
 
 # The compatibility matrix: besides the machine's containerd (1.6, Debian 12),
 # the e2e suites run against these, Debian trixie's (1.7) and sid's (2.1)
@@ -167,6 +168,7 @@ INSTALLER_BINS := $(STATIC_BIN)/containerd-wasmtime-installer $(STATIC_BIN)/$(SH
 
 installer-image: $(WASM_OCI)
 	RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=target/static \
+		LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(dir $(shell gcc -print-file-name=libseccomp.a)) \
 		$(CARGO) build --release --target $(STATIC_TARGET) -p node-installer -p containerd-shim-wasmtime
 	@for b in $(INSTALLER_BINS); do \
 		if readelf -d $$b | grep -q NEEDED; then echo "$$b is not static:"; readelf -d $$b | grep NEEDED; exit 1; fi; \

@@ -361,3 +361,127 @@ fn a_pod_runs_an_image_of_platform_wasi_wasm() {
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[pod, id]);
 }
+
+/// A seccomp profile as CRI passes it (`securityContext.seccompProfile`).
+fn with_seccomp(
+    mut config: k8s_cri::v1::ContainerConfig,
+    profile: k8s_cri::v1::SecurityProfile,
+) -> k8s_cri::v1::ContainerConfig {
+    let context = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    context.seccomp = Some(profile);
+    config
+}
+
+/// `Seccomp:` of /proc/PID/status: 0 none, 2 a filter.
+fn seccomp_mode(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn seccomp_profiles_bind_wasm_guests_and_native_sidecars() {
+    use k8s_cri::v1::security_profile::ProfileType;
+    use k8s_cri::v1::SecurityProfile;
+    let node = CriNode::start();
+    let volume = node.dir().join("seccomp-rw");
+    std::fs::create_dir_all(&volume).unwrap();
+    // A Localhost profile that allows everything but hard links.
+    let profile = node.dir().join("no-links.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["link", "linkat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let runtime_default = SecurityProfile {
+        profile_type: ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    };
+    let no_links = SecurityProfile {
+        profile_type: ProfileType::Localhost as i32,
+        localhost_ref: profile.display().to_string(),
+    };
+    let pod_config = node.pod_config("seccomp");
+    let pod = node.run_pod(&pod_config);
+    let linker = |name: &str| {
+        let mut config = CriNode::container_config(
+            name,
+            IMAGE,
+            &[
+                "/wasitest.wasm",
+                "do",
+                "write",
+                &format!("/rw/{name}"),
+                "--",
+                "link",
+                &format!("/rw/{name}"),
+                &format!("/rw/{name}-link"),
+            ],
+        );
+        config.mounts = vec![k8s_cri::v1::Mount {
+            container_path: "/rw".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        }];
+        config
+    };
+    let start = |config| node.start_container(&pod, &pod_config, config);
+    // The runtime's default profile: the guest and a native sidecar run under
+    // a filter, and wasmtime needs nothing it forbids.
+    let looping = start(with_seccomp(
+        CriNode::container_config("loop", IMAGE, &["/wasitest.wasm", "loop"]),
+        runtime_default.clone(),
+    ));
+    let sidecar = start(with_seccomp(
+        CriNode::container_config("sidecar", IMAGE, &["/native-hello", "sleep"]),
+        runtime_default.clone(),
+    ));
+    let default = start(with_seccomp(linker("default"), runtime_default));
+    // No profile, and one that forbids links: only the second fails to link.
+    let unconfined = start(linker("unconfined"));
+    let confined = start(with_seccomp(linker("confined"), no_links));
+    for id in [&looping, &sidecar] {
+        let pid = node
+            .ctr_output(&["task", "ls"])
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .expect("a task pid");
+        assert_eq!(
+            seccomp_mode(pid),
+            Some(2),
+            "{id} ({pid}) runs under a filter"
+        );
+    }
+    let log = |name: &str| {
+        std::fs::read_to_string(node.dir().join(format!("logs/seccomp/{name}.log")))
+            .unwrap_or_default()
+    };
+    for (id, name) in [(&default, "default"), (&unconfined, "unconfined")] {
+        let status = node.wait_exited(id);
+        assert_eq!(status.exit_code, 0, "{name}: {status:?}\n{}", log(name));
+        assert!(log(name).contains(": ok"), "{}", log(name));
+    }
+    let status = node.wait_exited(&confined);
+    assert_eq!(status.exit_code, 1, "{status:?}\n{}", log("confined"));
+    let confined_log = log("confined");
+    assert!(
+        confined_log.contains("wrote /rw/confined")
+            && confined_log.contains("error: link /rw/confined /rw/confined-link"),
+        "{confined_log}"
+    );
+    assert!(volume.join("unconfined-link").exists());
+    assert!(!volume.join("confined-link").exists());
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod, looping, sidecar, default, unconfined, confined]);
+}
