@@ -251,7 +251,7 @@ soak: build images
 # go to a scratch directory, so the tree stays clean). Every target runs; then
 # the target fails if any found a crash (the input is kept in
 # fuzz/artifacts/<target>/, which git ignores).
-FUZZ_TARGETS := entrypoint oci_spec manifest installer_toml
+FUZZ_TARGETS := entrypoint oci_spec manifest installer_toml network
 FUZZ_SECONDS ?= 30
 FUZZ_CARGO ?= cargo +nightly
 

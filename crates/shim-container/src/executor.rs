@@ -26,8 +26,8 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
 use shim_engine::{Cache, Engine, Invocation, Outcome, Preopen, Program};
 use shim_image::{
-    annotation, deadline, filesystem_grants, grant_for, memory_limit, narrowed_grants, WasmProcess,
-    NETWORK_ANNOTATION, PREOPENS_ANNOTATION,
+    annotation, deadline, filesystem_grants, grant_for, memory_limit, narrowed_grants,
+    network_policy, WasmProcess, PREOPENS_ANNOTATION,
 };
 
 /// What `validate` prepared for `exec`; both run in the same init process.
@@ -221,12 +221,7 @@ impl WasmExecutor {
             preopens,
             memory_limit: memory_limit(spec).or(self.memory_limit),
             deadline: deadline(spec).map_err(|e| e.to_string())?,
-            network: match annotation(spec, NETWORK_ANNOTATION) {
-                Some(value) => shim_engine::NetworkPolicy::parse(value).map_err(|reason| {
-                    format!("annotation {NETWORK_ANNOTATION} {value:?}: {reason}")
-                })?,
-                None => shim_engine::NetworkPolicy::All,
-            },
+            network: network_policy(spec).map_err(|e| e.to_string())?,
         };
         match port {
             Some(port) => Ok(Workload::Http(program, invocation, listen(port)?)),

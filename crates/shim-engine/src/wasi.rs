@@ -59,7 +59,7 @@ impl Invocation {
         if let NetworkPolicy::Limited { .. } = &self.network {
             let policy = std::sync::Arc::new(self.network.clone());
             builder.socket_addr_check(move |addr, use_| {
-                let allowed = policy.allows(addr, use_);
+                let allowed = crate::network::allows(&policy, addr, use_);
                 Box::pin(async move { allowed })
             });
         }

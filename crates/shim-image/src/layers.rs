@@ -154,7 +154,7 @@ pub struct WasmLayer {
     pub digest: String,
     pub size: u64,
     pub media_type: String,
-    /// The guest's argv[0] when the container names no command: the layer's
+    /// The guest's `argv[0]` when the container names no command: the layer's
     /// title annotation, else the image's repository name + `.wasm`.
     pub name: String,
 }

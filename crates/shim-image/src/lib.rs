@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 pub mod layers;
+pub mod network;
+
+pub use network::NetworkPolicy;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -53,7 +56,7 @@ pub const PREOPENS_ANNOTATION: &str = "wasmtime.containerd.io/preopens";
 pub const DEADLINE_ANNOTATION: &str = "wasmtime.containerd.io/deadline";
 /// The annotation (pod or container) that narrows the guest's own network
 /// use: `none`, or `listen`, `dns`, `connect:ADDR[/PREFIX][:PORT]` rules
-/// (read by `shim_engine::NetworkPolicy`).
+/// (see [`network_policy`]).
 pub const NETWORK_ANNOTATION: &str = "wasmtime.containerd.io/network";
 
 /// The entrypoint named by `process.args[0]`: a path and an optional export.
@@ -113,7 +116,7 @@ impl Entrypoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmProcess {
     pub entrypoint: Entrypoint,
-    /// argv as given to the guest: `process.args`, with `#export` kept in argv[0].
+    /// argv as given to the guest: `process.args`, with `#export` kept in `argv[0]`.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
@@ -335,6 +338,19 @@ pub fn deadline(spec: &Spec) -> Result<Option<std::time::Duration>, SpecError> {
             reason: "not a duration (a positive number with ms, s, m or h, e.g. 30s)".into(),
         }),
     }
+}
+
+/// The [`NETWORK_ANNOTATION`]: what of the container's network the guest may
+/// use ([`NetworkPolicy::All`] when it is not set).
+pub fn network_policy(spec: &Spec) -> Result<NetworkPolicy, SpecError> {
+    let Some(value) = annotation(spec, NETWORK_ANNOTATION) else {
+        return Ok(NetworkPolicy::All);
+    };
+    NetworkPolicy::parse(value).map_err(|reason| SpecError::BadAnnotation {
+        annotation: NETWORK_ANNOTATION,
+        value: value.to_string(),
+        reason,
+    })
 }
 
 /// The value of annotation `name` in the spec, if set.
