@@ -223,17 +223,14 @@ pub fn resolve_imports(
             }
             continue;
         }
-        let local = host.path(dir)?;
-        let mut matched: Vec<PathBuf> = match std::fs::read_dir(&local) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| glob_match(&name, n))
-                .map(|n| dir.join(n))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io("listing", dir, e)),
-        };
+        let mut matched: Vec<PathBuf> = host
+            .list_dir(dir)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| glob_match(&name, n))
+            .map(|n| dir.join(n))
+            .collect();
         matched.sort();
         files.extend(matched);
     }

@@ -341,3 +341,58 @@ fn uninstall_leaves_a_file_edited_since_and_says_so() {
         "the state keeps what is left"
     );
 }
+
+#[test]
+fn the_nodes_symlinks_are_followed_inside_the_host_root_only() {
+    let node = Node::new();
+    let host = node.host();
+    // The installer's own /tmp/outside-…, which must stay untouched.
+    let outside = tempfile::Builder::new()
+        .prefix("outside-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::create_dir(outside.path().join("bin")).unwrap();
+    // On the node: /usr/local -> /tmp/outside-… and /etc/containerd ->
+    // /data/containerd, both absolute, both meaning the node's own.
+    let node_outside = host.join(outside.path().strip_prefix("/").unwrap());
+    std::fs::create_dir_all(node_outside.join("bin")).unwrap();
+    std::fs::create_dir_all(host.join("usr")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), host.join("usr/local")).unwrap();
+    std::fs::create_dir_all(host.join("etc")).unwrap();
+    std::os::unix::fs::symlink("/data/containerd", host.join("etc/containerd")).unwrap();
+    node.put(
+        "/data/containerd/config.toml",
+        "version = 3\nimports = []\n",
+    );
+
+    node.ok("install", &["--no-verify"]);
+    let installed = node_outside.join("bin/containerd-shim-wasmtime-v1");
+    assert!(
+        installed.is_file(),
+        "the shim is in the node's /usr/local/bin"
+    );
+    assert!(
+        node.read("/data/containerd/conf.d/99-wasmtime.toml")
+            .is_some(),
+        "the drop-in is in the node's /etc/containerd"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path().join("bin"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing was written outside the host root"
+    );
+
+    node.ok("uninstall", &["--no-verify"]);
+    assert!(!installed.exists());
+    assert_eq!(
+        node.read("/data/containerd/config.toml").unwrap(),
+        "version = 3\nimports = []\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        1,
+        "still only the test's own bin/"
+    );
+}

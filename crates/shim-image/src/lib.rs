@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+pub mod id;
 pub mod layers;
 pub mod network;
 
+pub use id::{validate_id, IdError};
 pub use network::NetworkPolicy;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -27,6 +27,17 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// Refuses an id from containerd's caller (`kind`: "task", "exec",
+    /// "namespace", "sandbox") that is not a containerd identifier, before
+    /// it names a file: `container <task id>: invalid id: <why>`. The task id is shown
+    /// escaped, as it may hold anything.
+    pub fn check_id(task_id: &str, kind: &'static str, id: &str) -> Result<(), TaskError> {
+        shim_image::validate_id(kind, id).map_err(|e| TaskError::InvalidArgument {
+            id: task_id.escape_debug().to_string(),
+            reason: format!("invalid id: {e}"),
+        })
+    }
+
     fn code(&self) -> Code {
         match self {
             TaskError::NotFound(_) => Code::NOT_FOUND,
@@ -81,5 +92,27 @@ mod tests {
         assert_eq!(code, Code::UNIMPLEMENTED);
         assert_eq!(message, "exec is not supported by the wasmtime shim");
         assert_eq!(status(TaskError::NotFound("x".into())).0, Code::NOT_FOUND);
+    }
+
+    #[test]
+    fn an_id_that_could_name_another_path_is_an_invalid_argument() {
+        let (code, message) = status(TaskError::check_id("../x", "task", "../x").unwrap_err());
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        assert!(
+            message.starts_with("container ../x: invalid id: the task id \"../x\""),
+            "{message}"
+        );
+        let (code, message) = status(TaskError::check_id("c1", "exec", "a/b").unwrap_err());
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        assert!(
+            message.starts_with("container c1: invalid id: the exec id \"a/b\""),
+            "{message}"
+        );
+        let (_, message) = status(TaskError::check_id("a\nb", "task", "a\nb").unwrap_err());
+        assert!(
+            message.starts_with("container a\\nb: invalid id:"),
+            "a line break is not written into the log: {message}"
+        );
+        assert!(TaskError::check_id("c1", "exec", "probe-1").is_ok());
     }
 }

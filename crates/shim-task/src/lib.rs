@@ -64,6 +64,17 @@ fn sandbox_id(bundle: &std::path::Path) -> Option<String> {
     Some(id)
 }
 
+/// Checks the ids `start` and `delete` are given before any names a file:
+/// the task's (its state directory and cgroup), the namespace's, and the
+/// pod's sandbox id that `start` groups by (read from the bundle).
+fn check_ids(id: &str, namespace: &str, sandbox: Option<&str>) -> Result<(), error::TaskError> {
+    error::TaskError::check_id(id, "task", id)?;
+    error::TaskError::check_id(id, "namespace", namespace)?;
+    sandbox.map_or(Ok(()), |sandbox| {
+        error::TaskError::check_id(id, "sandbox", sandbox)
+    })
+}
+
 /// Removes the socket file of address `address` (`unix:///path` or a path), if it is a socket.
 fn remove_socket(address: &str) {
     use std::os::unix::fs::FileTypeExt;
@@ -149,7 +160,13 @@ impl Shim for WasmtimeShim {
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         // One shim per pod: containers of a pod share the socket keyed by the
         // pod's sandbox id, so `start` returns the pod's running shim.
-        let grouping = sandbox_id(&self.bundle).unwrap_or_else(|| opts.id.clone());
+        let sandbox = sandbox_id(&self.bundle);
+        if let Err(e) = check_ids(&opts.id, &opts.namespace, sandbox.as_deref()) {
+            // As for bad options below: containerd shows what `start` prints.
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        let grouping = sandbox.unwrap_or_else(|| opts.id.clone());
         let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
         // The pod's shim is serving: hand containerd its address without
         // spawning. (containerd-shim's `spawn` would start a second server that
@@ -190,6 +207,8 @@ impl Shim for WasmtimeShim {
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         // containerd runs `shim delete` after the shim died or failed: remove
         // whatever the container left (processes, cgroup, state, rootfs mount).
+        check_ids(&self.id, &self.namespace, None)
+            .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
         if let Err(e) = shim_container::cleanup(&self.bundle, &self.id) {
             log::warn!("container {}: cleanup after the shim: {e}", self.id);
         }
@@ -246,5 +265,25 @@ mod tests {
         let info = RuntimeInfo::parse_from_bytes(&super::runtime_info()).unwrap();
         assert_eq!(info.name, super::RUNTIME_ID);
         assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn start_and_delete_refuse_ids_that_could_name_other_paths() {
+        let cri = "6ea6e2c12ac1e52ba0d88ce0b0d1d4d0b1f96e9c1b3e0f28b3c3b9a4d6e2f8a1";
+        assert!(super::check_ids(cri, "k8s.io", Some(cri)).is_ok());
+        assert!(super::check_ids("nginx", "default", None).is_ok());
+        for (id, namespace, sandbox) in [
+            ("../x", "default", None),
+            ("c1", "../../etc", None),
+            ("c1", "", None),
+            ("c1", "k8s.io", Some("a/b")),
+        ] {
+            let e = super::check_ids(id, namespace, sandbox).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("container {id}: invalid id: ")),
+                "{e}"
+            );
+        }
     }
 }

@@ -170,16 +170,6 @@ fn runs_native(pid: i32) -> bool {
     }
 }
 
-/// Exec ids become file names in the bundle: `[A-Za-z0-9._-]`, as containerd's.
-fn valid_exec_id(exec_id: &str) -> bool {
-    !exec_id.is_empty()
-        && exec_id.len() <= 76
-        && !exec_id.starts_with('.')
-        && exec_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 #[derive(Default)]
 struct Registry {
     tasks: HashMap<String, Arc<TaskState>>,
@@ -257,12 +247,8 @@ impl TaskService {
             id: req.id.clone(),
             reason,
         };
-        if !valid_exec_id(&req.exec_id) {
-            return Err(invalid(format!(
-                "exec id {:?} is not valid (1-76 of A-Z a-z 0-9 . _ -, not starting with .)",
-                req.exec_id
-            )));
-        }
+        // The exec id names files in the bundle (`.exec-<id>.json`).
+        TaskError::check_id(&task.id, "exec", &req.exec_id)?;
         if req.terminal {
             return Err(invalid(
                 "exec: a terminal (tty) is not supported by the wasmtime shim; run without -t"
@@ -513,6 +499,9 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let id = req.id.clone();
+        // The id names the container's state directory and its cgroup;
+        // every other call finds the task by id in the registry.
+        TaskError::check_id(&id, "task", &id)?;
         if self.registry().tasks.contains_key(&id) {
             return Err(TaskError::AlreadyExists(id).into());
         }
