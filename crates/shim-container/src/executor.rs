@@ -17,25 +17,59 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
-use shim_engine::{Cache, Engine, Invocation, Outcome, Preopen, Program};
+use shim_engine::{Engine, Invocation, Outcome, Preopen, Program};
 use shim_image::{
     annotation, deadline, filesystem_grants, grant_for, memory_limit, narrowed_grants,
     network_policy, WasmProcess, PREOPENS_ANNOTATION,
 };
 
+use crate::code::RemoteCache;
+use crate::confinement::Confinement;
+use crate::guest_view::{self, InheritedFds};
+use crate::helper::LayerFile;
+
 /// What `validate` prepared for `exec`; both run in the same init process.
 static PREPARED: OnceLock<Workload> = OnceLock::new();
+/// The descriptors the process inherited, closed before the guest runs.
+static INHERITED: Mutex<Option<InheritedFds>> = Mutex::new(None);
 
 enum Workload {
     Wasm(Program, Invocation),
     Http(Program, Invocation, TcpListener),
+    Native,
+}
+
+impl Workload {
+    /// The descriptors the guest keeps: its preopens, its HTTP socket.
+    fn descriptors(&self) -> Vec<RawFd> {
+        let (invocation, listener) = match self {
+            Workload::Wasm(_, invocation) => (invocation, None),
+            Workload::Http(_, invocation, listener) => (invocation, Some(listener.as_raw_fd())),
+            Workload::Native => return Vec::new(),
+        };
+        (invocation.preopens.iter())
+            .filter_map(|p| p.dir.as_ref().map(|d| d.as_raw_fd()))
+            .chain(listener)
+            .collect()
+    }
+}
+
+/// A guest compiled and linked, before its process drops its privileges.
+struct Guest {
+    program: Program,
+    process: WasmProcess,
+}
+
+enum Prepared {
+    Guest(Guest),
     Native,
 }
 
@@ -81,18 +115,20 @@ fn elf_unrunnable(head: &[u8]) -> Option<String> {
 
 #[derive(Clone, Default)]
 pub struct WasmExecutor {
-    /// The node's code cache, opened on the host before the container's
-    /// process was cloned; used through its descriptor from inside.
-    pub cache: Option<Arc<Cache>>,
+    /// The node's code cache, served from outside the container
+    /// ([`crate::code`]); hung up once the guest is prepared.
+    pub code: Option<Arc<RemoteCache>>,
     /// The engine the zygote created for every container of the pod.
     pub engine: Option<Engine>,
-    /// The image's wasm layer, when the guest is not a file of the root.
-    pub layer: Option<Arc<(std::fs::File, crate::helper::LayerFile)>>,
+    /// The image's wasm layer (a sealed copy), when the guest is not a file
+    /// of the root; closed once read.
+    pub layer: Option<Arc<(Mutex<Option<std::fs::File>>, LayerFile)>>,
+    /// The seccomp filter and capabilities, applied in `validate`.
+    pub confinement: Confinement,
     /// The cap on the guest's linear memories when the spec has none of its
     /// own (an exec's spec: the container's limit).
     pub memory_limit: Option<u64>,
-    /// Set for an exec's process (libcontainer's tenant), see
-    /// [`release_exec_waiter`].
+    /// Set for an exec's process (libcontainer's tenant).
     pub exec: Option<ExecKind>,
 }
 
@@ -104,15 +140,26 @@ pub struct ExecKind {
 }
 
 impl WasmExecutor {
-    fn prepare(&self, spec: &Spec) -> Result<Workload, String> {
-        let layer = self.layer.as_deref();
+    /// Reads the entrypoint and compiles or maps the guest; `inherited`
+    /// learns which inherited descriptors were closed on the way.
+    fn prepare(&self, spec: &Spec, inherited: &mut InheritedFds) -> Result<Prepared, String> {
+        let layer = self.layer.as_deref().map(|(file, layer)| {
+            let file = file.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(file) = &file {
+                inherited.forget(file.as_raw_fd());
+            }
+            (file, layer)
+        });
         // A layer run without a command has its name as argv[0] already
         // (the helper's `adapt_spec`).
         let process = WasmProcess::from_spec(spec).map_err(|e| e.to_string())?;
         let entry = &process.entrypoint;
         let path = entry.resolve(&process.cwd, process.path_env(), Path::is_file);
-        let (shown, bytes) = match layer {
-            Some((file, layer)) => (layer.shown.clone(), read_layer(file, &layer.shown)?),
+        let (shown, bytes) = match &layer {
+            Some((file, layer)) => (
+                layer.shown.clone(),
+                read_layer(file.as_ref(), &layer.shown)?,
+            ),
             None => {
                 let shown = path.display().to_string();
                 let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
@@ -167,7 +214,7 @@ impl WasmExecutor {
                     "{shown} is an ELF file this node cannot run: {reason}"
                 ));
             }
-            return Ok(Workload::Native);
+            return Ok(Prepared::Native);
         }
         if bytes.is_empty() {
             return Err(format!(
@@ -191,8 +238,8 @@ impl WasmExecutor {
                 .and_then(|options| Engine::new(&options))
                 .map_err(|e| e.to_string())?,
         };
-        if let Some(cache) = &self.cache {
-            engine = engine.with_cache(cache.clone());
+        if let Some(code) = &self.code {
+            engine = engine.with_cache(code.clone());
         }
         let program = engine
             .prepare(&shown, &bytes, entry.export.as_deref())
@@ -200,6 +247,9 @@ impl WasmExecutor {
         match program.cache_outcome() {
             Some(Outcome::Hit) => log::info!("{shown}: code mapped from the node's cache"),
             Some(Outcome::Compiled) => log::info!("{shown}: compiled into the node's cache"),
+            Some(Outcome::CompiledUnstored) => log::info!(
+                "{shown}: compiled by the node's cache, not stored (another start held its lock)"
+            ),
             None => {}
         }
         drop(bytes);
@@ -208,7 +258,15 @@ impl WasmExecutor {
         // SAFETY: malloc_trim only releases free heap pages.
         unsafe { libc::malloc_trim(0) };
         log::info!("{shown}: {}", program.describe());
-        let preopens = preopens(spec, &process.cwd)?;
+        Ok(Prepared::Guest(Guest { program, process }))
+    }
+
+    /// What the guest is given, opened once its process has dropped its
+    /// privileges (the guest's own credentials decide what it may open,
+    /// and bind a port).
+    fn finish(&self, guest: Guest, spec: &Spec, root: &OwnedFd) -> Result<Workload, String> {
+        let Guest { program, process } = guest;
+        let preopens = preopens(spec, &process.cwd, root)?;
         let port = if program.serves_http() {
             let port = process.http_port(spec, shim_engine::http::DEFAULT_PORT);
             Some(port.map_err(|e| e.to_string())?)
@@ -233,26 +291,24 @@ impl WasmExecutor {
 /// The directories the guest sees: what the spec grants, narrowed by the
 /// preopens annotation, plus its working directory as `.` when a grant
 /// covers it. A directory the annotation lists must exist in the container.
-fn preopens(spec: &Spec, cwd: &Path) -> Result<Vec<Preopen>, String> {
+/// Each is opened here, once; pseudo-filesystems and /proc, /sys and /dev
+/// are never among them (see [`guest_view`]).
+fn preopens(spec: &Spec, cwd: &Path, root: &OwnedFd) -> Result<Vec<Preopen>, String> {
     let grants = narrowed_grants(spec).map_err(|e| e.to_string())?;
     let spec_grants = filesystem_grants(spec);
     let narrowed = annotation(spec, PREOPENS_ANNOTATION).is_some();
+    let pseudo_mounts: Vec<&Path> = (spec.mounts().iter().flatten())
+        .filter(|m| guest_view::is_pseudo_filesystem(m.typ().as_deref().unwrap_or_default()))
+        .map(|m| m.destination().as_path())
+        .collect();
     let mut preopens = Vec::new();
     for grant in &grants {
-        // Opening a preopen follows symlinks: a listed path must be the
-        // directory itself, or `/data` -> `/` would grant the whole root.
-        if narrowed {
-            match std::fs::canonicalize(&grant.path) {
-                Ok(real) if real != grant.path => {
-                    return Err(format!(
-                        "annotation {PREOPENS_ANNOTATION}: {} is a symlink to {} in the \
-                         container; list the directory itself",
-                        grant.path.display(),
-                        real.display()
-                    ))
-                }
-                _ => {}
-            }
+        if guest_view::is_hidden(&grant.path) || pseudo_mounts.contains(&grant.path.as_path()) {
+            log::debug!(
+                "{}: not preopened: a guest never sees pseudo-filesystems or /proc, /sys, /dev",
+                grant.path.display()
+            );
+            continue;
         }
         if grant.path != Path::new("/") && !grant.path.is_dir() {
             // File bind mounts cannot be preopened; the directory they sit
@@ -265,29 +321,48 @@ fn preopens(spec: &Spec, cwd: &Path) -> Result<Vec<Preopen>, String> {
                 grant.path.display()
             ));
         }
+        // A listed path must be the directory itself, or `/data` -> `/`
+        // would grant the whole root.
+        let dir = guest_view::open_preopen(root, &grant.path, narrowed).map_err(|e| {
+            match (narrowed, std::fs::canonicalize(&grant.path)) {
+                (true, Ok(real)) if real != grant.path => format!(
+                    "annotation {PREOPENS_ANNOTATION}: {} is a symlink to {} in the container; \
+                     list the directory itself",
+                    grant.path.display(),
+                    real.display()
+                ),
+                _ => format!("cannot preopen {}: {e}", grant.path.display()),
+            }
+        })?;
         preopens.push(Preopen {
             host: grant.path.clone(),
             guest: grant.path.display().to_string(),
             read_only: grant.read_only,
+            dir: Some(Arc::new(dir)),
         });
     }
     // The working directory is judged by where it really is.
     let cwd = &std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
-    if cwd != Path::new("/") {
+    if cwd != Path::new("/") && !guest_view::is_hidden(cwd) {
         if let Some(grant) = grant_for(&grants, cwd) {
-            preopens.push(Preopen {
-                host: cwd.to_path_buf(),
-                guest: ".".into(),
-                read_only: grant.read_only,
-            });
+            match guest_view::open_preopen(root, cwd, false) {
+                Ok(dir) => preopens.push(Preopen {
+                    host: cwd.to_path_buf(),
+                    guest: ".".into(),
+                    read_only: grant.read_only,
+                    dir: Some(Arc::new(dir)),
+                }),
+                Err(e) => log::debug!("{}: not preopened as `.`: {e}", cwd.display()),
+            }
         }
     }
     Ok(preopens)
 }
 
-/// Reads a stored wasm layer from the descriptor the helper opened.
-fn read_layer(file: &std::fs::File, shown: &str) -> Result<Vec<u8>, String> {
+/// Reads the image's wasm layer from the sealed copy the helper made.
+fn read_layer(file: Option<&std::fs::File>, shown: &str) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::FileExt;
+    let file = file.ok_or_else(|| format!("{shown}: its wasm layer was read already"))?;
     let size = file
         .metadata()
         .map_err(|e| format!("{shown}: cannot read its wasm layer: {e}"))?
@@ -311,8 +386,17 @@ impl Executor for WasmExecutor {
         crate::zygote::close_inherited();
         crate::zygote::set_name(crate::WASM_PROCESS_NAME);
         let began = std::time::Instant::now();
-        let prepared = self
-            .prepare(spec)
+        let mut inherited = InheritedFds::snapshot();
+        let prepared = self.prepare(spec, &mut inherited);
+        // Done with the code server, whatever happened: it exits.
+        if let Some(code) = &self.code {
+            if let Some(fd) = code.raw_fd() {
+                inherited.forget(fd);
+            }
+            code.close();
+        }
+        let workload = prepared
+            .and_then(|prepared| self.confine(prepared, spec))
             .map_err(ExecutorValidationError::ArgValidationError)?;
         log::debug!(
             "the guest was prepared in {:.1} ms",
@@ -322,20 +406,28 @@ impl Executor for WasmExecutor {
         // process without a handler (it would be dropped, see below). An HTTP
         // server handles it itself (it drains); until its handlers are in
         // place the signal waits, blocked.
-        match prepared {
+        match workload {
             Workload::Http(..) => shim_engine::http::hold_termination_signals(),
             Workload::Wasm(..) => install_termination_handlers(),
             Workload::Native => {}
         }
-        let _ = PREPARED.set(prepared);
+        *INHERITED.lock().unwrap_or_else(|e| e.into_inner()) = Some(inherited);
+        let _ = PREPARED.set(workload);
         Ok(())
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if self.exec.is_some() && !matches!(PREPARED.get(), Some(Workload::Native)) {
-            release_exec_waiter();
+        let workload = PREPARED.get();
+        if let Some(workload @ (Workload::Wasm(..) | Workload::Http(..))) = workload {
+            // Nothing of the helper's, libcontainer's or the shim's stays
+            // with the guest. For an exec this also releases libcontainer's
+            // wait for an `execve` a wasm exec never makes (it waits for an
+            // inherited close-on-exec pipe to close).
+            if let Some(inherited) = INHERITED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                inherited.close_all(&workload.descriptors());
+            }
         }
-        let exit = match PREPARED.get() {
+        let exit = match workload {
             Some(Workload::Wasm(program, invocation)) => program.run(invocation),
             Some(Workload::Http(program, invocation, listener)) => listener
                 .try_clone()
@@ -357,43 +449,30 @@ impl Executor for WasmExecutor {
         let _ = std::io::stdout().flush();
         if let Some(message) = exit.message() {
             let _ = writeln!(std::io::stderr(), "{message}");
-            log::error!("the guest failed (exit status {}): {message}", exit.code());
         }
         std::process::exit(exit.code());
     }
 }
 
-/// libcontainer's exec returns once its process has `execve`d: it waits for
-/// an inherited close-on-exec pipe to close. A wasm guest never execs, so
-/// once it is prepared (a failure is reported through that pipe) its
-/// process closes the pipes it inherited beyond stdio; it uses none. The
-/// descriptors are listed from /proc when the container mounts it, else
-/// probed up to the open-files limit.
-fn release_exec_waiter() {
-    let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/fd").ok().map(|entries| {
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect()
-    });
-    let candidates = listed.unwrap_or_else(|| {
-        // SAFETY: getrlimit writes the plain struct it is given.
-        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-        let open_max = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-            0 => limit.rlim_cur.min(1 << 16) as i32,
-            _ => 1024,
+impl WasmExecutor {
+    /// Brings the process to what the guest may have: for a wasm guest, its
+    /// view of the container without pseudo-filesystems (see
+    /// [`guest_view`]); then for every process the container's seccomp
+    /// filter and capabilities; a wasm guest's process becomes non-dumpable
+    /// and only then opens the guest's directories and port.
+    fn confine(&self, prepared: Prepared, spec: &Spec) -> Result<Workload, String> {
+        let guest = match prepared {
+            Prepared::Native => {
+                self.confinement.apply()?;
+                return Ok(Workload::Native);
+            }
+            Prepared::Guest(guest) => guest,
         };
-        (3..open_max).collect()
-    });
-    for fd in candidates.into_iter().filter(|&fd| fd > 2) {
-        // SAFETY: fstat of any descriptor number only fills `stat`.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut stat) } == 0
-            && stat.st_mode & libc::S_IFMT == libc::S_IFIFO
-        {
-            // SAFETY: an inherited pipe end nothing in this process uses.
-            unsafe { libc::close(fd) };
-        }
+        let root = guest_view::guest_root()
+            .map_err(|e| format!("cannot make the guest's view of the container: {e}"))?;
+        self.confinement.apply()?;
+        guest_view::make_undumpable()?;
+        self.finish(guest, spec, &root)
     }
 }
 

@@ -20,12 +20,15 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 
+use oci_spec::runtime::Spec;
+
+use crate::confinement::Confinement;
 use crate::executor::WasmExecutor;
 use crate::rootfs::{mount_rootfs, unmount_rootfs, RootfsMount};
 use crate::{cleanup_state, state_root, Error};
@@ -52,6 +55,19 @@ pub struct CreateRequest {
     pub exec: Option<ExecProcess>,
 }
 
+impl CreateRequest {
+    /// The ids name paths (state directories, staged files): each must be
+    /// a containerd identifier, one path component.
+    pub fn check_ids(&self) -> Result<(), String> {
+        shim_image::validate_id("task", &self.id).map_err(|e| format!("invalid id: {e}"))?;
+        if let Some(exec) = &self.exec {
+            shim_image::validate_id("exec", &exec.exec_id)
+                .map_err(|e| format!("invalid id: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// An exec's process: its OCI `Process` (JSON, as containerd sends it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecProcess {
@@ -73,6 +89,9 @@ pub struct LayerFile {
     pub shown: String,
     /// argv[0] when the container names no command.
     pub name: String,
+    /// `sha256:<hex>`: the stored file is checked against it on every use.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,6 +103,7 @@ pub(crate) enum CreateResponse {
 /// Shim side: has the pod's zygote fork a helper (or, without a zygote,
 /// runs the helper binary) and returns the container init's host PID.
 pub(crate) fn spawn_create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
+    request.check_ids().map_err(Error::Create)?;
     if let Some(result) = crate::zygote::create(request, &stdin) {
         return result;
     }
@@ -174,25 +194,18 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn create(request: &CreateRequest) -> Result<i32, String> {
-    // The shim log is the fifo `log` in the bundle (our cwd). The logger opens
-    // it blocking; check first that containerd is reading, or create would hang.
-    let reader = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("log");
-    if reader.is_ok() {
-        if let Err(e) = containerd_shim::logger::init(request.debug, "info", "", &request.id) {
-            eprintln!("no shim log: {e}");
-        }
-    }
+    request.check_ids()?;
+    // Forked before anything else: it opens the shim log itself.
+    let code = crate::code::spawn(cache_config(request), WARM_ENGINE.get()).map(Arc::new);
+    open_shim_log(request.debug, &request.id);
     if let Some(exec) = &request.exec {
-        return build_exec(request, exec);
+        return build_exec(request, exec, code);
     }
     let began = std::time::Instant::now();
     adapt_spec(&request.bundle, request.layer.as_ref())?;
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let mounted = began.elapsed();
-    let result = build(request);
+    let result = build(request, code);
     log::debug!(
         "{}: create took {:.1} ms (rootfs {:.1} ms, libcontainer and the guest's preparation {:.1} ms)",
         request.id,
@@ -225,6 +238,21 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
         return Err(explain(error, spec.as_ref(), &exits));
     }
     result
+}
+
+/// Logs to the shim log, the fifo `log` in the bundle (the cwd). The logger
+/// opens it blocking; check first that containerd is reading, or create
+/// would hang.
+pub(crate) fn open_shim_log(debug: bool, id: &str) {
+    let reader = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log");
+    if reader.is_ok() {
+        if let Err(e) = containerd_shim::logger::init(debug, "info", "", id) {
+            eprintln!("no shim log: {e}");
+        }
+    }
 }
 
 /// libcontainer appends its own cleanup's failure to a create error (". error
@@ -331,15 +359,10 @@ fn mount_problem(spec: &oci_spec::runtime::Spec) -> Option<String> {
 /// process without arguments.
 fn adapt_spec(bundle: &Path, layer: Option<&LayerFile>) -> Result<(), String> {
     use libcgroups::common::{get_cgroup_setup, CgroupSetup};
-    use oci_spec::runtime::{LinuxNamespaceType, Spec};
+    use oci_spec::runtime::LinuxNamespaceType;
     let path = bundle.join("config.json");
     let mut spec = Spec::load(&path).map_err(|e| format!("cannot read the runtime spec: {e}"))?;
-    let save = |spec: &Spec| {
-        let staged = bundle.join(".config.json.wasmtime");
-        spec.save(&staged)
-            .and_then(|()| std::fs::rename(&staged, &path).map_err(Into::into))
-            .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
-    };
+    let save = |spec: &Spec| save_spec(bundle, spec);
     if let (Some(layer), Some(process)) = (layer, spec.process_mut().as_mut()) {
         if process.args().as_ref().is_none_or(|args| args.is_empty()) {
             log::debug!("no command: the wasm layer runs as {:?}", layer.name);
@@ -418,11 +441,16 @@ fn builder(request: &CreateRequest, executor: WasmExecutor) -> Result<ContainerB
     )
 }
 
-fn executor(layer: Option<&LayerFile>) -> Result<WasmExecutor, String> {
+fn executor(
+    layer: Option<&LayerFile>,
+    code: Option<Arc<crate::code::RemoteCache>>,
+    confinement: Confinement,
+) -> Result<WasmExecutor, String> {
     Ok(WasmExecutor {
-        cache: open_cache().map(Arc::new),
+        code,
         engine: WARM_ENGINE.get().cloned(),
-        layer: open_layer(layer)?,
+        layer: open_layer(layer)?.map(|(file, layer)| Arc::new((Mutex::new(Some(file)), layer))),
+        confinement,
         ..WasmExecutor::default()
     })
 }
@@ -431,11 +459,21 @@ fn executor(layer: Option<&LayerFile>) -> Result<WasmExecutor, String> {
 /// namespaces and cgroup and runs `exec.process` (a wasm program of the
 /// container's root, or a native one in a native container). Nothing of the
 /// container is touched when it fails.
-fn build_exec(request: &CreateRequest, exec: &ExecProcess) -> Result<i32, String> {
+fn build_exec(
+    request: &CreateRequest,
+    exec: &ExecProcess,
+    code: Option<Arc<crate::code::RemoteCache>>,
+) -> Result<i32, String> {
     let shown = format!("exec {:?} in container {}", exec.exec_id, request.id);
     let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json"))
         .map_err(|e| format!("{shown}: cannot read the runtime spec: {e}"))?;
-    let mut executor = executor(None)?;
+    // The exec runs under the container's filter and its own capabilities,
+    // applied by the executor: libcontainer's tenant builder drops the filter.
+    let mut process: oci_spec::runtime::Process = serde_json::from_value(exec.process.clone())
+        .map_err(|e| format!("{shown}: its process is not valid: {e}"))?;
+    let mut confinement = Confinement::take_from_process(&mut process);
+    confinement.seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let mut executor = executor(None, code, confinement)?;
     // The tenant's spec keeps no `linux.resources`: the container's memory
     // limit caps the exec's linear memories as it caps the container's.
     executor.memory_limit = shim_image::memory_limit(&spec);
@@ -449,7 +487,9 @@ fn build_exec(request: &CreateRequest, exec: &ExecProcess) -> Result<i32, String
     let _serial = lock_execs(&state)
         .map_err(|e| format!("{shown}: cannot lock the container's state: {e}"))?;
     let staged = request.bundle.join(format!(".exec-{}.json", exec.exec_id));
-    std::fs::write(&staged, exec.process.to_string())
+    serde_json::to_vec(&process)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(&staged, json))
         .map_err(|e| format!("{shown}: cannot stage its process: {e}"))?;
     let built = builder(request, executor).and_then(|builder| {
         builder
@@ -519,13 +559,29 @@ fn remove_tenant_sockets(dir: &Path) {
     }
 }
 
-fn build(request: &CreateRequest) -> Result<i32, String> {
-    let container = builder(request, executor(request.layer.as_ref())?)?
-        .as_init(&request.bundle)
-        .with_systemd(request.systemd_cgroup)
-        .with_detach(true)
-        .build()
-        .map_err(|e| describe(&e))?;
+fn build(
+    request: &CreateRequest,
+    code: Option<Arc<crate::code::RemoteCache>>,
+) -> Result<i32, String> {
+    // libcontainer sees the spec without seccomp and capabilities (the
+    // executor applies them, see `confinement`); containerd's file is put
+    // back as it was once the container's process has them.
+    let path = request.bundle.join("config.json");
+    let mut spec = Spec::load(&path).map_err(|e| format!("cannot read the runtime spec: {e}"))?;
+    let confinement = Confinement::take_from_spec(&mut spec);
+    save_spec(&request.bundle, &spec)?;
+    let executor = executor(request.layer.as_ref(), code, confinement.clone());
+    let built = executor.and_then(|executor| {
+        builder(request, executor)?
+            .as_init(&request.bundle)
+            .with_systemd(request.systemd_cgroup)
+            .with_detach(true)
+            .build()
+            .map_err(|e| describe(&e))
+    });
+    confinement.restore_into(&mut spec);
+    save_spec(&request.bundle, &spec)?;
+    let container = built?;
     container
         .pid()
         .map(|pid| pid.as_raw())
@@ -554,21 +610,22 @@ pub fn cache_limit() -> u64 {
         .map_or(shim_engine::cache::DEFAULT_LIMIT, |mb| mb << 20)
 }
 
-fn open_cache() -> Option<shim_engine::Cache> {
-    let root = cache_root()?;
-    let limit = cache_limit();
-    match shim_engine::Cache::open(Path::new(&root), limit) {
-        Ok(cache) => Some(cache),
-        Err(e) => {
-            log::warn!("no code cache ({e}); compiling every guest");
-            None
-        }
-    }
+/// The node's cache, for the code server; `None` when it is off.
+fn cache_config(request: &CreateRequest) -> Option<crate::code::CacheConfig> {
+    Some(crate::code::CacheConfig {
+        root: cache_root()?,
+        limit: cache_limit(),
+        id: request.id.clone(),
+        debug: request.debug,
+    })
 }
 
-/// Opens the image's wasm layer on the host; the container's process reads
-/// it through the descriptor after `pivot_root` (the cache's way, see there).
-fn open_layer(layer: Option<&LayerFile>) -> Result<Option<Arc<(File, LayerFile)>>, String> {
+/// Copies the image's wasm layer, stored on the host, into a sealed memfd
+/// for the container's process, checking it against its digest on the
+/// way: a stored file changed since it was stored is refused, and the
+/// container never holds a descriptor of the host's store.
+fn open_layer(layer: Option<&LayerFile>) -> Result<Option<(File, LayerFile)>, String> {
+    use sha2::Digest;
     let Some(layer) = layer else {
         return Ok(None);
     };
@@ -577,7 +634,47 @@ fn open_layer(layer: Option<&LayerFile>) -> Result<Option<Arc<(File, LayerFile)>
         .custom_flags(libc::O_NOFOLLOW)
         .open(&layer.path)
         .map_err(|e| format!("{}: cannot open its stored wasm layer: {e}", layer.shown))?;
-    Ok(Some(Arc::new((file, layer.clone()))))
+    let mut hasher = sha2::Sha256::new();
+    let copy = shim_engine::cache::sealed_copy(&mut HashingReader {
+        from: file,
+        hasher: &mut hasher,
+    })
+    .map_err(|e| format!("{}: cannot read its stored wasm layer: {e}", layer.shown))?;
+    if let Some(expected) = &layer.digest {
+        let found = format!("sha256:{:x}", hasher.finalize());
+        if &found != expected {
+            return Err(format!(
+                "{}: the stored wasm layer {} does not match its digest (it is {found}); \
+                 remove it and pull the image again",
+                layer.shown,
+                layer.path.display()
+            ));
+        }
+    }
+    Ok(Some((copy, layer.clone())))
+}
+
+/// Reads `from`, feeding every byte to `hasher` as well.
+struct HashingReader<'a> {
+    from: File,
+    hasher: &'a mut sha2::Sha256,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.from.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes `spec` as the bundle's config.json (staged, then renamed).
+fn save_spec(bundle: &Path, spec: &Spec) -> Result<(), String> {
+    let staged = bundle.join(".config.json.wasmtime");
+    spec.save(&staged)
+        .and_then(|()| std::fs::rename(&staged, bundle.join("config.json")).map_err(Into::into))
+        .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
 }
 
 /// libcontainer wraps the init process's error (ours, from the executor's
@@ -763,6 +860,7 @@ mod tests {
             path: "/var/lib/x/layers/sha256-00.wasm".into(),
             shown: "r/hello:v1".into(),
             name: "hello.wasm".into(),
+            digest: None,
         };
         let bundle = bundle_with_args(&[]);
         adapt_spec(bundle.path(), Some(&layer)).unwrap();

@@ -15,7 +15,10 @@
 //! libcontainer keeps its state under `<bundle>/libcontainer/<id>`, so it is
 //! private to the bundle and goes away with it.
 
+pub mod code;
+pub mod confinement;
 pub mod executor;
+pub mod guest_view;
 pub mod helper;
 pub mod oom;
 pub mod rootfs;
@@ -219,6 +222,7 @@ impl LinuxContainer {
 /// unmounts its rootfs. Safe to call again, and after a shim crash (the
 /// `delete` action of the shim binary calls it).
 pub fn cleanup(bundle: &Path, id: &str) -> Result<(), Error> {
+    shim_image::validate_id("task", id).map_err(|e| Error::Create(format!("invalid id: {e}")))?;
     let state = cleanup_state(bundle, id);
     rootfs::unmount_rootfs(bundle)?;
     state

@@ -237,7 +237,7 @@ pub(crate) fn set_name(name: &std::ffi::CStr) {
 }
 
 /// Closes every descriptor but stdio and `keep`.
-fn close_other_descriptors(keep: RawFd) {
+pub(crate) fn close_other_descriptors(keep: RawFd) {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };

@@ -3,17 +3,23 @@
 //! Compiling is most of what a wasm container costs to start, in time and in
 //! memory (the compiler's heap). The first container that runs a given
 //! binary compiles it and writes the native code to this cache; every later
-//! one, in any pod, memory-maps that file instead: no compilation, and the
-//! code pages are the page cache's, shared by every container running it.
+//! one, in any pod, is handed that code instead of compiling it.
 //!
 //! Loading native code is `unsafe`: a file that is not what this shim wrote
 //! is arbitrary code. So each artifact is written with an HMAC-SHA256 tag
-//! under a node-local secret key (`<root>/key`, mode 0600) that never leaves
-//! the host, and is loaded only if its tag verifies. A file planted in the
-//! cache, one changed after it was written, or one written for other bytes
-//! fails the check: it is removed and the guest compiled afresh. A
-//! "precompiled" file inside an image is never even looked at: the cache
-//! key is derived from the wasm bytes, and only this directory is searched.
+//! under a node-local secret key (`<root>/key`, mode 0600), and handed out
+//! only if its tag verifies. A file planted in the cache, one changed after
+//! it was written, or one written for other bytes fails the check: it is
+//! removed and the guest compiled afresh. A "precompiled" file inside an
+//! image is never even looked at: the cache key is derived from the wasm
+//! bytes, and only this directory is searched.
+//!
+//! The cache is only ever opened outside containers (the create helper's
+//! cache server, `shim_container::code`): whoever holds the directory or
+//! the key could forge code every pod would load. A container receives a
+//! verified artifact as a sealed memfd ([`Artifact::Code`]): a copy made
+//! while its tag was checked, that nobody can write afterwards, so what is
+//! verified is what runs.
 //!
 //! Layout under `<root>` (0700, owned by the shim's user):
 //! - `key`: 32 random bytes, created once;
@@ -23,12 +29,11 @@
 //!   code);
 //! - `code/<name>.tag`: the HMAC of `<name>` and the artifact's bytes;
 //! - `code/<name>.lock`: an flock that makes concurrent starts of the same
-//!   binary compile it once.
+//!   binary compile it once; a start waits for it at most [`LOCK_PATIENCE`],
+//!   then compiles a private copy.
 //!
-//! The directory is opened once by the shim, on the host, and used through
-//! that descriptor from inside the container (after `pivot_root`), so the
-//! container's filesystem never needs to contain it. Total size is bounded:
-//! past the limit the least recently used artifacts are removed.
+//! Total size is bounded: past the limit the least recently used artifacts
+//! are removed.
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -60,12 +65,33 @@ const LOCK: &str = ".lock";
 const STALE_SECS: i64 = 600;
 
 /// How a program's code was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// Mapped from the cache.
     Hit,
-    /// Compiled here and written to the cache.
+    /// Compiled by the cache and stored in it.
     Compiled,
+    /// Compiled by the cache but not stored: another start of the same
+    /// binary held its compile lock past [`LOCK_PATIENCE`].
+    CompiledUnstored,
+}
+
+/// What a [`CodeSource`] answers for a binary.
+pub enum Artifact {
+    /// Verified native code in a sealed, read-only memfd: nobody, not even
+    /// its holder, can write, grow or shrink it.
+    Code(File, Outcome),
+    /// The binary does not compile; the compiler's message.
+    Invalid(String),
+}
+
+/// Where an [`crate::Engine`] takes precompiled code from. In a container it
+/// is a client of the node's [`Cache`] running outside the container; the
+/// cache itself is one too (the unit tests use it in process).
+pub trait CodeSource: Send + Sync {
+    /// The code for `bytes` of `kind` as compiled by `engine`.
+    fn artifact(&self, engine: &wasmtime::Engine, kind: Kind, bytes: &[u8])
+        -> io::Result<Artifact>;
 }
 
 /// A failure of `fetch`: the guest's own (it does not compile) or the cache's.
@@ -86,12 +112,19 @@ impl From<nix::Error> for Failure {
     }
 }
 
-/// The cache directory, open, with its key.
+/// How long a start waits for another start compiling the same binary
+/// before it compiles its own copy in memory: the other may be throttled by
+/// a tiny CPU quota, and must not stall every pod using that binary.
+pub const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The cache directory, open, with its key. Only ever opened outside
+/// containers: whoever holds it can forge code that every pod would load.
 pub struct Cache {
     root: PathBuf,
     code: OwnedFd,
     key: hmac::Key,
     limit: u64,
+    patience: std::time::Duration,
 }
 
 impl std::fmt::Debug for Cache {
@@ -100,6 +133,21 @@ impl std::fmt::Debug for Cache {
             .field("root", &self.root)
             .field("limit", &self.limit)
             .finish_non_exhaustive()
+    }
+}
+
+impl CodeSource for Cache {
+    fn artifact(
+        &self,
+        engine: &wasmtime::Engine,
+        kind: Kind,
+        bytes: &[u8],
+    ) -> io::Result<Artifact> {
+        match self.fetch(engine, kind, bytes) {
+            Ok((file, outcome)) => Ok(Artifact::Code(file, outcome)),
+            Err(Failure::Compile(e)) => Ok(Artifact::Invalid(format!("{e:#}"))),
+            Err(Failure::Cache(e)) => Err(e),
+        }
     }
 }
 
@@ -125,7 +173,14 @@ impl Cache {
             code: code.into(),
             key: hmac::Key::new(hmac::HMAC_SHA256, &key),
             limit,
+            patience: LOCK_PATIENCE,
         })
+    }
+
+    /// Waits at most `patience` for another compile of the same binary.
+    pub fn with_patience(mut self, patience: std::time::Duration) -> Self {
+        self.patience = patience;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -133,7 +188,7 @@ impl Cache {
     }
 
     /// The cache entry's name for `bytes` of `kind` compiled by `engine`.
-    fn name(engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> String {
+    pub(crate) fn name(engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> String {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
         let mut ctx = digest::Context::new(&digest::SHA256);
@@ -144,18 +199,17 @@ impl Cache {
         hex(ctx.finish().as_ref())
     }
 
-    /// The code for `bytes`: mapped from the cache, or compiled (once, however
-    /// many callers ask at the same time), written and then mapped. `load`
-    /// deserializes a verified artifact.
-    pub(crate) fn fetch<T>(
+    /// The code for `bytes`, in a sealed memfd: a verified copy of the
+    /// cache's artifact, or compiled (once, however many callers ask at the
+    /// same time, unless one takes longer than the patience) and stored.
+    pub(crate) fn fetch(
         &self,
         engine: &wasmtime::Engine,
         kind: Kind,
         bytes: &[u8],
-        load: impl Fn(File) -> wasmtime::Result<T>,
-    ) -> Result<(T, Outcome), Failure> {
+    ) -> Result<(File, Outcome), Failure> {
         let name = Self::name(engine, kind, bytes);
-        if let Some(found) = self.lookup(&name, &load)? {
+        if let Some(found) = self.lookup(&name)? {
             return Ok((found, Outcome::Hit));
         }
         let lock = self.open_at(
@@ -163,11 +217,18 @@ impl Cache {
             OFlag::O_CREAT | OFlag::O_RDWR,
             0o600,
         )?;
-        let lock = Flock::lock(File::from(lock), FlockArg::LockExclusive)
-            .map_err(|(_, e)| Failure::from(e))?;
-        // Whoever held the lock may have just written it.
-        if let Some(found) = self.lookup(&name, &load)? {
-            return Ok((found, Outcome::Hit));
+        let lock = lock_within(File::from(lock), self.patience)?;
+        if lock.is_some() {
+            // Whoever held the lock may have just written it.
+            if let Some(found) = self.lookup(&name)? {
+                return Ok((found, Outcome::Hit));
+            }
+        } else {
+            warn!(
+                "cache: another start has been compiling {name} for over {} s; compiling a \
+                 private copy",
+                self.patience.as_secs()
+            );
         }
         let code = match kind {
             Kind::Module => engine.precompile_module(bytes),
@@ -175,27 +236,28 @@ impl Cache {
         };
         let code = code.map_err(|e| {
             // Bad wasm leaves nothing behind, not even its lock.
-            self.remove(&name);
+            if lock.is_some() {
+                self.remove(&name);
+            }
             Failure::Compile(e)
         })?;
-        self.store(&name, &code)?;
+        let sealed = sealed_copy(&mut &code[..])?;
         drop(code);
+        let Some(lock) = lock else {
+            return Ok((sealed, Outcome::CompiledUnstored));
+        };
+        self.store(&name, &sealed)?;
+        io::Seek::rewind(&mut &sealed)?;
         debug!("cache: compiled and stored {name}");
-        let found = self
-            .lookup(&name, &load)?
-            .ok_or_else(|| io::Error::other(format!("{name} was stored but does not load back")))?;
         drop(lock);
         self.evict(&name);
-        Ok((found, Outcome::Compiled))
+        Ok((sealed, Outcome::Compiled))
     }
 
-    /// The verified artifact `name`, loaded; `None` if there is none, or it
-    /// fails verification or loading (it is then removed).
-    fn lookup<T>(
-        &self,
-        name: &str,
-        load: &impl Fn(File) -> wasmtime::Result<T>,
-    ) -> io::Result<Option<T>> {
+    /// A sealed copy of the verified artifact `name`; `None` if there is
+    /// none, or it fails verification (it is then removed). The tag is
+    /// checked over the copy, so what is handed out is what was verified.
+    fn lookup(&self, name: &str) -> io::Result<Option<File>> {
         let artifact = match self.open_at(&format!("{name}{ARTIFACT}"), OFlag::O_RDONLY, 0) {
             Ok(fd) => File::from(fd),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -210,7 +272,13 @@ impl Cache {
             )));
         }
         check_private(Path::new(&format!("{name}{ARTIFACT}")), &meta)?;
-        if let Err(reason) = self.verify(name, &artifact) {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(name.as_bytes());
+        let copy = sealed_copy(&mut Tee {
+            from: &artifact,
+            mac: &mut ctx,
+        })?;
+        if let Err(reason) = self.check_tag(name, ctx) {
             warn!("cache: refusing {name}{ARTIFACT} ({reason}); compiling the guest afresh");
             self.remove(name);
             return Ok(None);
@@ -221,18 +289,12 @@ impl Cache {
             &TimeSpec::UTIME_NOW,
             &TimeSpec::UTIME_NOW,
         );
-        match load(artifact) {
-            Ok(found) => Ok(Some(found)),
-            Err(e) => {
-                warn!("cache: {name}{ARTIFACT} does not load ({e:#}); compiling afresh");
-                self.remove(name);
-                Ok(None)
-            }
-        }
+        Ok(Some(copy))
     }
 
-    /// Checks that the tag of `artifact` verifies.
-    fn verify(&self, name: &str, artifact: &File) -> Result<(), String> {
+    /// Checks the stored tag of `name` against `ctx`, the HMAC of its name
+    /// and bytes.
+    fn check_tag(&self, name: &str, ctx: hmac::Context) -> Result<(), String> {
         let mut tag = [0u8; TAG_LEN + 1];
         let tag_len = match self.open_at(&format!("{name}{TAG}"), OFlag::O_RDONLY, 0) {
             Ok(fd) => read_up_to(&mut File::from(fd), &mut tag).map_err(|e| e.to_string())?,
@@ -241,18 +303,6 @@ impl Cache {
         };
         if tag_len != TAG_LEN {
             return Err("malformed tag".into());
-        }
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(name.as_bytes());
-        let mut chunk = vec![0u8; 1 << 16];
-        let mut file = artifact;
-        loop {
-            match file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => ctx.update(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
         }
         // Compared without an early exit, so timing tells nothing about the tag.
         let difference = (ctx.sign().as_ref().iter())
@@ -266,13 +316,14 @@ impl Cache {
 
     /// Writes `code` as artifact `name`: temporary files, fsync, then renames
     /// (tag first), so a reader sees a whole artifact or none.
-    fn store(&self, name: &str, code: &[u8]) -> io::Result<()> {
+    /// `code` is the sealed memfd the caller hands out as well.
+    fn store(&self, name: &str, code: &File) -> io::Result<()> {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(name.as_bytes());
-        ctx.update(code);
+        io::copy(&mut Tee { from: code, mac: &mut ctx }, &mut io::sink())?;
         let tag = ctx.sign();
         let pid = std::process::id();
-        for (suffix, contents) in [(TAG, tag.as_ref()), (ARTIFACT, code)] {
+        for suffix in [TAG, ARTIFACT] {
             let temp = format!("{name}{suffix}.tmp.{pid}");
             let fd = self.open_at(
                 &temp,
@@ -280,8 +331,19 @@ impl Cache {
                 0o400,
             )?;
             let mut file = File::from(fd);
-            // The data reaches the disk before the name does.
-            let written = file.write_all(contents).and_then(|()| file.sync_all());
+            // The data reaches the disk before the name does. The artifact's
+            // pages then leave the page cache: they were written for later
+            // containers, and count against this one's memory limit.
+            let written = match suffix {
+                TAG => file.write_all(tag.as_ref()),
+                _ => io::Seek::rewind(&mut &*code)
+                    .and_then(|_| io::copy(&mut &*code, &mut file).map(drop)),
+            }
+            .and_then(|()| file.sync_all())
+            .map(|()| {
+                // SAFETY: an advice about the page cache of a file we own.
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            });
             let renamed = written.and_then(|()| {
                 renameat(
                     Some(self.code.as_raw_fd()),
@@ -481,4 +543,95 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads `from`, feeding every byte to `mac` as well.
+struct Tee<'a> {
+    from: &'a File,
+    mac: &'a mut hmac::Context,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&mut self.from).read(buf)?;
+        self.mac.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Takes the exclusive lock of `file`, waiting at most `patience`; `None`
+/// when someone else held it all that time.
+fn lock_within(file: File, patience: std::time::Duration) -> io::Result<Option<Flock<File>>> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                if std::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, nix::errno::Errno::EINTR)) => {
+                return Err(io::Error::other(
+                    "interrupted while waiting for a compile lock",
+                ))
+            }
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// A memfd holding everything `from` reads, sealed so nobody can write,
+/// grow or shrink it again: what a container maps as its guest's code.
+pub fn sealed_copy(from: &mut impl Read) -> io::Result<File> {
+    let mut file = code_memfd()?;
+    io::copy(from, &mut file)?;
+    seal(&file)?;
+    // Whoever reads it next starts at the beginning.
+    io::Seek::rewind(&mut file)?;
+    Ok(file)
+}
+
+/// A new memfd that may be sealed and mapped executable.
+fn code_memfd() -> io::Result<File> {
+    let name = c"wasmtime-code";
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3) keeps the memfd executable where
+    // vm.memfd_noexec would make new ones non-executable; older kernels
+    // refuse the flag and make them executable anyway.
+    const MFD_EXEC: libc::c_uint = 0x10;
+    for flags in [base | MFD_EXEC, base] {
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new fd.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: the descriptor is new and ours alone.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::other("memfd_create refuses sealable memfds"))
+}
+
+/// Seals `file` (a memfd): no write, grow, shrink, or further seal changes.
+pub fn seal(file: &File) -> io::Result<()> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl F_ADD_SEALS on a descriptor we own; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `file` is a memfd sealed as [`seal`] seals it.
+pub fn is_sealed(file: &File) -> bool {
+    let wanted = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl F_GET_SEALS only reads the descriptor's seals.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & wanted == wanted
 }

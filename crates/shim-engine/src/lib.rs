@@ -31,7 +31,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView};
 
-pub use cache::{Cache, Outcome};
+pub use cache::{Artifact, Cache, CodeSource, Outcome};
 pub use network::NetworkPolicy;
 pub use options::{EngineOptions, OptLevel};
 pub use wasi::{Invocation, Preopen};
@@ -111,12 +111,13 @@ pub fn is_precompiled(bytes: &[u8]) -> bool {
 }
 
 /// A wasmtime engine configured for this shim. One is created per process and
-/// reused for every program that process compiles; with a [`Cache`], code
-/// compiled once on the node is mapped from it instead of compiled again.
+/// reused for every program that process compiles; with a [`CodeSource`]
+/// (the node's [`Cache`], reached from outside the container), code compiled
+/// once on the node is mapped instead of compiled again.
 #[derive(Clone)]
 pub struct Engine {
     inner: wasmtime::Engine,
-    cache: Option<Arc<Cache>>,
+    source: Option<Arc<dyn CodeSource>>,
 }
 
 impl Engine {
@@ -125,7 +126,10 @@ impl Engine {
         if !options.pooling_allocator {
             let inner =
                 wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
-            return Ok(Self { inner, cache: None });
+            return Ok(Self {
+                inner,
+                source: None,
+            });
         }
         // Instances come from a pre-reserved pool: an HTTP server instantiates
         // its component once per request, and that must cost microseconds.
@@ -142,17 +146,27 @@ impl Engine {
                 wasmtime::Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?
             }
         };
-        Ok(Self { inner, cache: None })
+        Ok(Self {
+            inner,
+            source: None,
+        })
     }
 
-    /// Takes code from `cache`, and puts what it compiles there.
-    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
-        self.cache = Some(cache);
+    /// The wasmtime engine itself (the cache compiles with it).
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// Takes precompiled code from `source` instead of compiling.
+    pub fn with_cache(mut self, source: Arc<dyn CodeSource>) -> Self {
+        self.source = Some(source);
         self
     }
 
-    /// Compiles `bytes` of `kind` or maps them from the cache; `load`
-    /// deserializes a verified artifact of the cache.
+    /// Maps the code for `bytes` of `kind` from the code source, or compiles
+    /// it here. `load` deserializes an artifact the source verified; an
+    /// artifact that does not load is only logged (the source removes only
+    /// what fails verification) and the guest compiled here instead.
     fn code<T>(
         &self,
         kind: Kind,
@@ -160,16 +174,14 @@ impl Engine {
         compile: impl FnOnce() -> wasmtime::Result<T>,
         load: impl Fn(std::fs::File) -> wasmtime::Result<T>,
     ) -> wasmtime::Result<(T, Option<Outcome>)> {
-        if let Some(cache) = &self.cache {
-            match cache.fetch(&self.inner, kind, bytes, load) {
-                Ok((code, outcome)) => return Ok((code, Some(outcome))),
-                Err(cache::Failure::Compile(e)) => return Err(e),
-                Err(cache::Failure::Cache(e)) => {
-                    warn!(
-                        "the code cache in {} failed ({e}); compiling without it",
-                        cache.root().display()
-                    )
-                }
+        if let Some(source) = &self.source {
+            match source.artifact(&self.inner, kind, bytes) {
+                Ok(Artifact::Code(file, outcome)) => match load(file) {
+                    Ok(code) => return Ok((code, Some(outcome))),
+                    Err(e) => warn!("the cached code does not load ({e:#}); compiling it here"),
+                },
+                Ok(Artifact::Invalid(reason)) => return Err(wasmtime::Error::msg(reason)),
+                Err(e) => warn!("the code cache failed ({e}); compiling without it"),
             }
         }
         compile().map(|code| (code, None))
@@ -202,8 +214,9 @@ impl Engine {
                         kind,
                         bytes,
                         || Module::new(&self.inner, bytes),
-                        // SAFETY: the cache hands over only artifacts this
-                        // shim wrote, verified by their tag.
+                        // SAFETY: the code source hands over only artifacts
+                        // this shim wrote, verified by their tag, in a sealed
+                        // memfd nobody can write.
                         |file| unsafe { Module::deserialize_open_file(&self.inner, file) },
                     )
                     .map_err(invalid)?;
@@ -240,10 +253,19 @@ impl Engine {
                         bytes,
                         || Component::new(&self.inner, bytes),
                         // SAFETY: as for modules. The descriptor's /proc path
-                        // reaches the cache's file from inside the container.
+                        // reaches the sealed memfd (components have no
+                        // deserialize_open_file), else its bytes are copied.
                         |file| unsafe {
                             let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-                            Component::deserialize_file(&self.inner, path)
+                            if std::path::Path::new(&path).exists() {
+                                Component::deserialize_file(&self.inner, path)
+                            } else {
+                                // No /proc (an exec into a wasm container,
+                                // which hides it): a private copy.
+                                let mut code = Vec::new();
+                                std::io::Read::read_to_end(&mut &file, &mut code)?;
+                                Component::deserialize(&self.inner, code)
+                            }
                         },
                     )
                     .map_err(invalid)?;

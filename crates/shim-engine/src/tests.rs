@@ -138,6 +138,7 @@ fn missing_preopen_directory_is_a_wasi_error() {
             host: "/definitely/not/here".into(),
             guest: "/".into(),
             read_only: false,
+            dir: None,
         }],
         ..Invocation::default()
     };
@@ -466,4 +467,99 @@ fn a_cache_directory_others_can_write_is_refused() {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = Cache::open(&root, cache::DEFAULT_LIMIT).unwrap_err();
     assert!(err.to_string().contains("writable by no one else"), "{err}");
+}
+
+#[test]
+fn the_cache_hands_out_sealed_code_nobody_can_write() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), cache::DEFAULT_LIMIT).unwrap();
+    let engine = engine();
+    for expected in [Outcome::Compiled, Outcome::Hit] {
+        let Ok(Artifact::Code(file, outcome)) =
+            cache.artifact(engine.wasmtime(), Kind::Module, &wasm(EXIT_42))
+        else {
+            panic!("code expected")
+        };
+        assert_eq!(outcome, expected);
+        assert!(cache::is_sealed(&file));
+        assert!(
+            (&file).write_all(b"patched").is_err(),
+            "written through its fd"
+        );
+        let reopened = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        if let Ok(mut reopened) = reopened {
+            assert!(reopened.write_all(b"patched").is_err(), "written reopened");
+        }
+    }
+}
+
+#[test]
+fn a_start_waits_for_another_compile_only_so_long_then_compiles_a_private_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let patience = std::time::Duration::from_millis(300);
+    let cache = Cache::open(dir.path(), cache::DEFAULT_LIMIT)
+        .unwrap()
+        .with_patience(patience);
+    let engine = engine();
+    let bytes = wasm(EXIT_42);
+    // Another start holds the entry's lock (say, compiling under a 1m CPU quota).
+    let name = Cache::name(engine.wasmtime(), Kind::Module, &bytes);
+    let lock = std::fs::File::create(dir.path().join(format!("code/{name}.lock"))).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let began = std::time::Instant::now();
+    let Ok(Artifact::Code(file, outcome)) = cache.artifact(engine.wasmtime(), Kind::Module, &bytes)
+    else {
+        panic!("code expected")
+    };
+    assert!(began.elapsed() >= patience, "{:?}", began.elapsed());
+    assert_eq!(outcome, Outcome::CompiledUnstored);
+    assert!(
+        artifacts(dir.path()).is_empty(),
+        "the holder stores it, not us"
+    );
+    // SAFETY: the cache's own code, just compiled.
+    let module = unsafe { wasmtime::Module::deserialize_open_file(engine.wasmtime(), file) };
+    assert!(module.is_ok());
+    drop(held);
+}
+
+#[test]
+fn an_artifact_that_verifies_but_does_not_load_is_kept_and_compiled_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = wasm(EXIT_42);
+    cached_engine(dir.path(), cache::DEFAULT_LIMIT)
+        .prepare("/x.wasm", &bytes, None)
+        .unwrap();
+    let [artifact] = &artifacts(dir.path())[..] else {
+        panic!("one artifact expected")
+    };
+    // Garbage with a genuine tag (as a shim of another wasmtime build that
+    // computed the same name would leave): verification passes, loading fails.
+    let key = std::fs::read(dir.path().join("key")).unwrap();
+    let garbage = b"not native code".to_vec();
+    let name = artifact.file_stem().unwrap().to_str().unwrap().to_string();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(name.as_bytes());
+    ctx.update(&garbage);
+    for (path, contents) in [
+        (artifact.clone(), garbage.clone()),
+        (artifact.with_extension("tag"), ctx.sign().as_ref().to_vec()),
+    ] {
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, contents).unwrap();
+    }
+    let program = cached_engine(dir.path(), cache::DEFAULT_LIMIT)
+        .prepare("/x.wasm", &bytes, None)
+        .unwrap();
+    assert_eq!(program.cache_outcome(), None, "compiled in the process");
+    assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(42));
+    assert_eq!(
+        std::fs::read(artifact).unwrap(),
+        garbage,
+        "kept: it verified"
+    );
 }

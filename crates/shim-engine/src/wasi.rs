@@ -10,7 +10,9 @@
 //! reach exactly what a native container in that namespace would, unless the
 //! invocation's [`NetworkPolicy`] narrows it.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -18,7 +20,7 @@ use crate::network::NetworkPolicy;
 use crate::Error;
 
 /// A host directory made visible to the guest under `guest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Preopen {
     pub host: PathBuf,
     pub guest: String,
@@ -26,6 +28,43 @@ pub struct Preopen {
     /// them anyway on a read-only mount, but wasmtime-wasi reports the
     /// kernel's EROFS as a bare I/O error, which tells the guest nothing.
     pub read_only: bool,
+    /// The directory, opened once before the guest first ran. Every instance
+    /// (an exec, each HTTP request) is given this very directory, never
+    /// whatever `host` names by then: a guest that can write a parent of
+    /// `host` could have put a symlink there.
+    pub dir: Option<Arc<OwnedFd>>,
+}
+
+impl PartialEq for Preopen {
+    fn eq(&self, other: &Self) -> bool {
+        let fd = |p: &Preopen| p.dir.as_ref().map(|d| d.as_raw_fd());
+        (&self.host, &self.guest, self.read_only, fd(self))
+            == (&other.host, &other.guest, other.read_only, fd(other))
+    }
+}
+
+impl Eq for Preopen {}
+
+/// wasmtime-wasi opens a preopen only by path; an opened directory is named
+/// as `.` while it is the process's working directory. The working
+/// directory is process-wide, so one preopen at a time.
+static CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn preopen_held(
+    builder: &mut WasiCtxBuilder,
+    dir: &OwnedFd,
+    guest: &str,
+    perms: FsPerms,
+) -> std::io::Result<()> {
+    let _one_at_a_time = CWD.lock().unwrap_or_else(|e| e.into_inner());
+    let back = std::fs::File::open(".")?;
+    nix::unistd::fchdir(dir.as_raw_fd())?;
+    let opened = builder
+        .preopened_dir(".", guest, perms)
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(format!("{e:#}")));
+    nix::unistd::fchdir(back.as_raw_fd())?;
+    opened
 }
 
 /// Everything a guest sees of the world besides its stdio.
@@ -69,15 +108,20 @@ impl Invocation {
             } else {
                 FsPerms::ReadWrite
             };
-            builder
-                .preopened_dir(&preopen.host, &preopen.guest, perms)
-                .map_err(|e| {
-                    Error::Wasi(format!(
-                        "cannot preopen {} as {}: {e:#}",
-                        preopen.host.display(),
-                        preopen.guest
-                    ))
-                })?;
+            let opened = match &preopen.dir {
+                Some(dir) => preopen_held(&mut builder, dir, &preopen.guest, perms),
+                None => builder
+                    .preopened_dir(&preopen.host, &preopen.guest, perms)
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(format!("{e:#}"))),
+            };
+            opened.map_err(|e| {
+                Error::Wasi(format!(
+                    "cannot preopen {} as {}: {e}",
+                    preopen.host.display(),
+                    preopen.guest
+                ))
+            })?;
         }
         Ok(builder)
     }

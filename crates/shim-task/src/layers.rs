@@ -185,6 +185,7 @@ impl ContainerdApi {
             path: stored,
             shown: format!("{image} ({} layer {})", layer.media_type, layer.digest),
             name: layer.name,
+            digest: Some(layer.digest),
         })
     }
 }
