@@ -463,6 +463,9 @@ impl WasmExecutor {
     fn confine(&self, prepared: Prepared, spec: &Spec) -> Result<Workload, String> {
         let guest = match prepared {
             Prepared::Native => {
+                // Told apart from a wasm container's process by its name
+                // from now on, before its program is even started.
+                crate::zygote::set_name(crate::NATIVE_PROCESS_NAME);
                 self.confinement.apply()?;
                 return Ok(Workload::Native);
             }

@@ -40,7 +40,11 @@ use nix::unistd::Pid;
 pub use helper::{CreateRequest, ExecProcess};
 
 /// The name (`comm`) of a wasm container's process, which never `execve`s.
+/// A guest cannot change it.
 pub const WASM_PROCESS_NAME: &std::ffi::CStr = c"wasm-container";
+/// The name of a native container's process from `create` until it
+/// `execve`s its program (which renames it).
+pub const NATIVE_PROCESS_NAME: &std::ffi::CStr = c"native-init";
 pub use libcgroups::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]

@@ -152,21 +152,17 @@ impl ExecState {
     }
 }
 
-/// Whether process `pid` (a container's init) runs a native program: a wasm
-/// container's process never `execve`s, so its executable is this shim's
-/// (compared by device and inode, which hold across mount namespaces) and
-/// its name the one the executor gave it (which also covers a shim binary
-/// replaced on disk since this server started).
+/// Whether process `pid` (a container's init) runs a native program: the
+/// executor names a wasm container's process `wasm-container` in `validate`,
+/// before `create` returns, and it never `execve`s, so it keeps that name (a
+/// guest cannot change it); a native one is renamed then and again by its
+/// program. Its executable would not do: a native container's process is
+/// still the shim's from `start` until it `execve`s.
 fn runs_native(pid: i32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    match (id(format!("/proc/{pid}/exe")), id("/proc/self/exe".into())) {
-        (Ok(container), Ok(shim)) => {
-            container != shim && shim_container::WASM_PROCESS_NAME.to_str() != Ok(comm.trim_end())
-        }
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => shim_container::WASM_PROCESS_NAME.to_str() != Ok(comm.trim_end()),
         // Unknown (the process is gone): the narrower answer.
-        _ => false,
+        Err(_) => false,
     }
 }
 
