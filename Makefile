@@ -10,8 +10,9 @@ SHIM := containerd-shim-wasmtime-v1
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
 # Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc,
-# libseccomp for libcontainer).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry
+# libseccomp for libcontainer, the dynamic busybox critest's stand-in images are
+# built from: test/src/critest.rs).
+DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry busybox
 
 # The compatibility matrix: besides the machine's containerd (1.6, Debian 12),
 # the e2e suites run against these, Debian trixie's (1.7) and sid's (2.1)
@@ -67,6 +68,17 @@ $(IMAGES)/native-hello: images/native/hello.c
 	@mkdir -p $(IMAGES)
 	gcc -static -O2 -o $@ $<
 
+# The sandbox suite's attackers (test/tests/sandbox.rs): a wasm guest that tries
+# every way out of its container, and a native sidecar that attacks its pod's
+# wasm containers through /proc.
+$(IMAGES)/escape.wasm: images/escape/escape.c
+	@mkdir -p $(IMAGES)
+	$(WASM_CC) -o $@ $<
+
+$(IMAGES)/probe: images/native/probe.c
+	@mkdir -p $(IMAGES)
+	gcc -static -O2 -o $@ $<
+
 $(IMAGES)/pause: images/pause/pause.c
 	@mkdir -p $(IMAGES)
 	gcc -static -O2 -o $@ $<
@@ -85,14 +97,15 @@ $(IMAGES)/wasitest.component.wasm: $(IMAGES)/wasitest.wasm $(WASM_OCI)
 $(IMAGES)/corrupt.wasm: $(IMAGES)/wasitest.wasm
 	head -c 64 $< > $@
 
-TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm gc.wasm net.wasm
+TEST_WASM := wasitest.wasm wasitest.component.wasm trap.wasm exports.wasm unknown-import.wasm corrupt.wasm gc.wasm net.wasm escape.wasm
 
-$(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) $(IMAGES)/native-hello images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
+$(IMAGES)/wasm-test.tar: $(addprefix $(IMAGES)/,$(TEST_WASM)) $(IMAGES)/native-hello $(IMAGES)/probe images/wasitest/hello.txt images/wasitest/notwasm.txt $(WASM_OCI)
 	$(WASM_OCI) image --name localhost/wasmtime-shim/wasm-test:latest \
 		--entrypoint /wasitest.wasm --env PATH=/bin \
 		$(foreach w,$(TEST_WASM),--file $(IMAGES)/$(w):/$(w)) \
 		--file $(IMAGES)/wasitest.wasm:/bin/wasitest-on-path.wasm \
 		--file $(IMAGES)/native-hello:/native-hello \
+		--file $(IMAGES)/probe:/probe \
 		--file images/wasitest/hello.txt:/data/hello.txt \
 		--file images/wasitest/notwasm.txt:/notwasm.wasm \
 		-o $@

@@ -28,6 +28,16 @@ use crate::images_dir;
 pub const HANDLER: &str = "wasmtime";
 pub const PAUSE_IMAGE: &str = "localhost/wasmtime-shim/pause:latest";
 
+/// What a node is started with beyond [`CriNode::start`]'s defaults.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Registry hosts from `<node dir>/certs.d`, one `<registry>/hosts.toml`
+    /// per registry (containerd's `config_path`, read at every pull), so a
+    /// test can serve an upstream registry's images from a local registry
+    /// under their upstream names ([`CriNode::mirror_registry`]).
+    pub registry_hosts: bool,
+}
+
 pub struct CriNode {
     dir: PathBuf,
     netns: String,
@@ -71,6 +81,10 @@ fn add_netns(name: &str) -> Result<(), String> {
 
 impl CriNode {
     pub fn start() -> Self {
+        Self::start_with(NodeOptions::default())
+    }
+
+    pub fn start_with(options: NodeOptions) -> Self {
         crate::require_root_and_containerd();
         let dir = crate::tempdir();
         let netns = format!(
@@ -99,7 +113,7 @@ impl CriNode {
             images: None,
         };
         run(Command::new("ip").args(["-n", &node.netns, "link", "set", "lo", "up"]));
-        node.write_config();
+        node.write_config(&options);
         let child = crate::spawn_containerd(&node.dir, Some(&node.netns));
         node.containerd = Some(child);
         node.wait_ready();
@@ -114,7 +128,7 @@ impl CriNode {
         node
     }
 
-    fn write_config(&self) {
+    fn write_config(&self, options: &NodeOptions) {
         let dir = self.dir.display();
         fs::create_dir_all(self.dir.join("cni")).unwrap();
         fs::write(
@@ -125,11 +139,19 @@ impl CriNode {
   {"type": "loopback"}]}"#,
         )
         .unwrap();
-        let config = if crate::containerd_version().is_v2() {
-            config_v3(&dir)
-        } else {
-            config_v2(&dir)
-        };
+        let v2 = crate::containerd_version().is_v2();
+        let mut config = if v2 { config_v3(&dir) } else { config_v2(&dir) };
+        if options.registry_hosts {
+            let images = if v2 {
+                "io.containerd.cri.v1.images"
+            } else {
+                "io.containerd.grpc.v1.cri"
+            };
+            config.push_str(&format!(
+                "[plugins.\"{images}\".registry]\n  config_path = \"{dir}/certs.d\"\n"
+            ));
+            fs::create_dir_all(self.dir.join("certs.d")).unwrap();
+        }
         fs::write(self.dir.join("config.toml"), config).unwrap();
         fs::write(
             self.dir.join("wasmtime-gc.toml"),
@@ -262,6 +284,28 @@ impl CriNode {
 
     fn client(&self) -> RuntimeServiceClient<Channel> {
         self.client.clone().expect("connected")
+    }
+
+    /// Pulls of `registry`'s images (`registry.k8s.io`) go to `host`
+    /// (`127.0.0.1:5000`, plain HTTP) instead, and only there: the images keep
+    /// their upstream names. Needs [`NodeOptions::registry_hosts`].
+    pub fn mirror_registry(&self, registry: &str, host: &str) {
+        let hosts = self.dir.join("certs.d");
+        assert!(
+            hosts.is_dir(),
+            "the node was not started with NodeOptions::registry_hosts"
+        );
+        fs::create_dir_all(hosts.join(registry)).unwrap();
+        fs::write(
+            hosts.join(registry).join("hosts.toml"),
+            // The server too, so nothing falls back to the internet; 1.6
+            // needs a `host` table besides.
+            format!(
+                "server = \"http://{host}\"\n[host.\"http://{host}\"]\n  \
+                 capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .unwrap();
     }
 
     /// The network namespace containerd and its pods run in.

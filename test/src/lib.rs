@@ -17,6 +17,7 @@
 //! so a CI without root cannot pass silently.
 
 pub mod cri;
+pub mod critest;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -50,6 +51,12 @@ fn shim_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The shim binary under test (`containerd-shim-wasmtime-v1` in `SHIM_DIR`,
+/// else `target/debug`).
+pub fn shim_binary() -> PathBuf {
+    shim_dir().join("containerd-shim-wasmtime-v1")
 }
 
 fn require_root_and_containerd() {
