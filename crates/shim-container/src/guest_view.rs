@@ -70,11 +70,11 @@ pub fn is_hidden(path: &Path) -> bool {
     HIDDEN_DIRS.iter().any(|dir| path.starts_with(dir))
 }
 
-/// Where the copy of the mount tree is attached while it is pruned: a
-/// directory every container has. Nothing else runs in the container then
-/// (its process is being created, or an exec is built under the
-/// container's exec lock).
-const SCRATCH: &str = "/dev";
+/// Where the copy of the mount tree is attached while it is pruned: the
+/// first of these directories the container has (containerd's specs mount
+/// all three). Nothing else runs in the container then (its process is
+/// being created, or an exec is built under the container's exec lock).
+const SCRATCH: [&std::ffi::CStr; 3] = [c"/dev", c"/proc", c"/sys"];
 
 /// The guest's root: a detached copy of the process's mount tree without
 /// pseudo-filesystems or anything under /proc, /sys and /dev. Needs
@@ -82,6 +82,11 @@ const SCRATCH: &str = "/dev";
 /// capabilities are dropped.
 pub fn guest_root() -> Result<OwnedFd, String> {
     let tree = clone_tree(c"/")?;
+    let scratch = SCRATCH
+        .into_iter()
+        .find(|dir| Path::new(dir.to_str().unwrap_or_default()).is_dir())
+        .ok_or("the container has none of /dev, /proc, /sys")?;
+    let scratch_path = Path::new(scratch.to_str().unwrap_or_default());
     // Attached for a moment, so its mounts can be named and pruned.
     // SAFETY: move_mount reads the two paths; the descriptor is ours.
     let moved = unsafe {
@@ -90,7 +95,7 @@ pub fn guest_root() -> Result<OwnedFd, String> {
             tree.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_FDCWD,
-            c"/dev".as_ptr(),
+            scratch.as_ptr(),
             libc::MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
@@ -100,9 +105,13 @@ pub fn guest_root() -> Result<OwnedFd, String> {
     // Pruned, then copied once more: a detached copy keeps its mounts
     // (unmounting the attached one would take them with it), and only the
     // descriptor leads to it.
-    let pruned = prune(Path::new(SCRATCH)).and_then(|()| clone_tree(c"/dev"));
-    umount2(SCRATCH, MntFlags::MNT_DETACH)
-        .map_err(|e| format!("cannot detach the guest's root from {SCRATCH}: {e}"))?;
+    let pruned = prune(scratch_path).and_then(|()| clone_tree(scratch));
+    umount2(scratch_path, MntFlags::MNT_DETACH).map_err(|e| {
+        format!(
+            "cannot detach the guest's root from {}: {e}",
+            scratch_path.display()
+        )
+    })?;
     pruned
 }
 
