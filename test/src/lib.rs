@@ -1062,3 +1062,10 @@ impl Containerd {
         wait_until_clean(patience, || self.leftovers_of(ids), || self.log());
     }
 }
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shim_tests::{images_dir, processes_naming, unique_id, Containerd, RUNTIME};
+use shim_tests::{images_dir, processes_naming, sha256_file, unique_id, Containerd, RUNTIME};
 
 const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 const HOSTILE: &str = "localhost/wasmtime-shim/hostile:latest";
@@ -114,19 +114,6 @@ enum Entry<'a> {
     Symlink(&'a str, String),
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn tar(args: &[&str]) {
     let out = Command::new("tar").args(args).output().expect("tar");
     assert!(
@@ -140,7 +127,7 @@ fn tar(args: &[&str]) {
 fn blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
     let staged = layout.join("staged");
     std::fs::write(&staged, bytes).unwrap();
-    let digest = sha256(&staged);
+    let digest = sha256_file(&staged);
     std::fs::rename(&staged, layout.join("blobs/sha256").join(&digest)).unwrap();
     serde_json::json!({ "mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len() })
 }

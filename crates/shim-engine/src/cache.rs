@@ -320,7 +320,13 @@ impl Cache {
     fn store(&self, name: &str, code: &File) -> io::Result<()> {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(name.as_bytes());
-        io::copy(&mut Tee { from: code, mac: &mut ctx }, &mut io::sink())?;
+        io::copy(
+            &mut Tee {
+                from: code,
+                mac: &mut ctx,
+            },
+            &mut io::sink(),
+        )?;
         let tag = ctx.sign();
         let pid = std::process::id();
         for suffix in [TAG, ARTIFACT] {
