@@ -141,6 +141,24 @@ fn wasm_from_a_registry_runs_in_every_published_format() {
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect();
         assert_eq!(stored.len(), 2, "one file per layer: {stored:?}");
+        // A stored layer changed in place (same size) is never run: it no
+        // longer matches its digest, and is fetched again.
+        for name in &stored {
+            let path = c.dir().join("cache/layers").join(name);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let id = unique_id("changed");
+        let out = run(&c, &id, &content, &["hi"]);
+        assert_eq!(out.code, 0, "{out:?}\n{}", c.log());
+        assert!(out.stdout.contains("argv[0] = hi\n"), "{out:?}");
+        assert!(
+            c.log().contains("fetching it again"),
+            "the changed layer was noticed"
+        );
+        ids.push(id);
     }
 
     // The CNCF artifact: containerd pulls it (1.7+), but `ctr run` refuses

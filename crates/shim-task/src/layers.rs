@@ -164,7 +164,7 @@ impl ContainerdApi {
             ));
         }
         let stored = store.join(format!("{}.wasm", layer.digest.replace(':', "-")));
-        if is_stored(&stored, layer.size) {
+        if is_stored(&stored, layer.size, &layer.digest) {
             // Recently used: the last to be evicted.
             let _ = File::open(&stored).and_then(|f| f.set_modified(SystemTime::now()));
         } else {
@@ -195,14 +195,35 @@ fn text(e: LayerError) -> String {
 }
 
 /// A stored layer is used when it is ours (owned by this user, not writable
-/// by anyone else) and whole.
-fn is_stored(path: &Path, size: u64) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| {
+/// by anyone else), whole, and still its digest's content; one changed since
+/// it was stored is fetched again. (The create helper checks the digest once
+/// more as it copies the layer for the container.)
+fn is_stored(path: &Path, size: u64, digest: &str) -> bool {
+    let ours = fs::symlink_metadata(path).is_ok_and(|m| {
         m.is_file()
             && m.uid() == nix::unistd::geteuid().as_raw()
             && m.mode() & 0o022 == 0
             && m.len() == size
-    })
+    });
+    if !ours {
+        return false;
+    }
+    let content = File::open(path).and_then(|mut file| {
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(format!("sha256:{:x}", hasher.finalize()))
+    });
+    match content {
+        Ok(found) if found == digest => true,
+        Ok(found) => {
+            log::warn!(
+                "the stored wasm layer {} is {found}, not {digest}: fetching it again",
+                path.display()
+            );
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Verifies `bytes` against `digest` and writes them atomically to `path`.
@@ -359,11 +380,20 @@ mod tests {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
         let path = store.join("a.wasm");
         save(&store, &path, &digest, bytes).unwrap();
-        assert!(is_stored(&path, bytes.len() as u64));
+        assert!(is_stored(&path, bytes.len() as u64, &digest));
         assert!(
-            !is_stored(&path, 1),
+            !is_stored(&path, 1, &digest),
             "a stored layer of another size is not it"
         );
+        // Changed in place since it was stored (same size): not it either.
+        let mut changed = fs::read(&path).unwrap();
+        changed[7] ^= 1;
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, &changed).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(!is_stored(&path, bytes.len() as u64, &digest));
+        save(&store, &path, &digest, bytes).unwrap();
         assert_eq!(fs::metadata(&store).unwrap().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o400);
         let other = store.join("b.wasm");
