@@ -202,8 +202,8 @@ fn receive(
 
 /// The server's life: answer requests until the container's process hangs up.
 fn serve(socket: OwnedFd, config: &CacheConfig, engine: Option<&Engine>) -> ! {
-    crate::zygote::set_name(c"shim-code");
-    crate::zygote::close_other_descriptors(socket.as_raw_fd());
+    crate::process::set_name(c"shim-code");
+    crate::process::close_other_descriptors(socket.as_raw_fd());
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -213,7 +213,7 @@ fn serve(socket: OwnedFd, config: &CacheConfig, engine: Option<&Engine>) -> ! {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
-    crate::helper::open_shim_log(config.debug, &config.id);
+    crate::process::open_shim_log(config.debug, &config.id);
     let _ = setsockopt(&socket, sockopt::PassCred, &true);
     let engine = match engine {
         Some(engine) => Ok(engine.clone()),

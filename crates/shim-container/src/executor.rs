@@ -34,7 +34,8 @@ use shim_image::{
 use crate::code::RemoteCache;
 use crate::confinement::Confinement;
 use crate::guest_view::{self, InheritedFds};
-use crate::helper::LayerFile;
+use crate::process::{close_inherited, set_name};
+use crate::request::LayerFile;
 
 /// What `validate` prepared for `exec`; both run in the same init process.
 static PREPARED: OnceLock<Workload> = OnceLock::new();
@@ -383,8 +384,8 @@ fn listen(port: u16) -> Result<TcpListener, String> {
 
 impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        crate::zygote::close_inherited();
-        crate::zygote::set_name(crate::WASM_PROCESS_NAME);
+        close_inherited();
+        set_name(crate::WASM_PROCESS_NAME);
         let began = std::time::Instant::now();
         let mut inherited = InheritedFds::snapshot();
         let prepared = self.prepare(spec, &mut inherited);
@@ -465,7 +466,7 @@ impl WasmExecutor {
             Prepared::Native => {
                 // Told apart from a wasm container's process by its name
                 // from now on, before its program is even started.
-                crate::zygote::set_name(crate::NATIVE_PROCESS_NAME);
+                set_name(crate::NATIVE_PROCESS_NAME);
                 self.confinement.apply()?;
                 return Ok(Workload::Native);
             }

@@ -1,142 +1,41 @@
-//! The create helper: the shim binary re-executed as a short-lived,
-//! single-threaded process that mounts the rootfs and drives libcontainer.
+//! The create helper: a short-lived, single-threaded process that mounts
+//! the rootfs and drives libcontainer for one create or one exec.
 //!
-//! Why a separate process: the shim server is multi-threaded (ttrpc, the
-//! reaper), and libcontainer `clone`s the container's processes and runs Rust
-//! code in them before anything is exec'd. A clone of a multi-threaded process
-//! may deadlock on a lock (allocator, logger) held by a thread that did not
-//! come along. A freshly exec'd helper has exactly one thread, so its clones
-//! are safe. The container's init (which runs the guest) is cloned from the
-//! helper; when the helper exits it is re-parented to the shim, a child
-//! subreaper, which reaps it and reports its exit status.
-//!
-//! Protocol: the shim runs `<shim> container-helper '<CreateRequest json>'`
-//! with the guest's stdin as the helper's stdin, and reads one JSON
-//! [`CreateResponse`] from the helper's stdout.
+//! It is a fork of the pod's [`crate::zygote`] (`shim-create`), or, when the
+//! zygote is gone, the shim binary run as `<shim> container-helper '<json>'`
+//! ([`main`]). Single-threaded because libcontainer `clone`s processes and
+//! runs Rust code in them before anything is exec'd (docs/architecture.md,
+//! "Process model"). A create, top to bottom: fork the code server
+//! ([`crate::code`]), open the shim log, adapt the spec, mount the rootfs,
+//! take seccomp and capabilities out of what libcontainer reads
+//! ([`crate::confinement`]), build with the [`WasmExecutor`]; on failure,
+//! reap, clean up and explain ([`crate::diagnose`]). An exec builds
+//! libcontainer's tenant instead, one per container at a time.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
-use serde::{Deserialize, Serialize};
 
 use oci_spec::runtime::Spec;
 
 use crate::confinement::Confinement;
+use crate::diagnose::{describe, explain, without_cleanup_complaint};
 use crate::executor::WasmExecutor;
-use crate::rootfs::{mount_rootfs, unmount_rootfs, RootfsMount};
-use crate::{cleanup_state, state_root, Error};
+use crate::process::{open_shim_log, reap_children};
+use crate::request::{CreateRequest, CreateResponse, ExecProcess, LayerFile};
+use crate::rootfs::{mount_rootfs, unmount_rootfs};
+use crate::settings::{cache_limit, cache_root};
+use crate::state::{cleanup_state, state_root};
+use crate::stdio::stdio;
 
 /// The first argument that turns the shim binary into the create helper.
 pub const HELPER_ARG: &str = "container-helper";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CreateRequest {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub rootfs: Vec<RootfsMount>,
-    /// containerd's stdout/stderr fifos; `None` discards the stream.
-    pub stdout: Option<PathBuf>,
-    pub stderr: Option<PathBuf>,
-    pub systemd_cgroup: bool,
-    pub debug: bool,
-    /// The guest when it is a wasm layer of the image rather than a file of
-    /// the root (see `shim_image::layers`).
-    #[serde(default)]
-    pub layer: Option<LayerFile>,
-    /// Set for an exec: a new process in the running container `id`.
-    #[serde(default)]
-    pub exec: Option<ExecProcess>,
-}
-
-impl CreateRequest {
-    /// The ids name paths (state directories, staged files): each must be
-    /// a containerd identifier, one path component.
-    pub fn check_ids(&self) -> Result<(), String> {
-        shim_image::validate_id("task", &self.id).map_err(|e| format!("invalid id: {e}"))?;
-        if let Some(exec) = &self.exec {
-            shim_image::validate_id("exec", &exec.exec_id)
-                .map_err(|e| format!("invalid id: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-/// An exec's process: its OCI `Process` (JSON, as containerd sends it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExecProcess {
-    pub exec_id: String,
-    pub process: serde_json::Value,
-    /// Whether the container runs a native program (a sidecar, a pause
-    /// container): only then may an exec run one. In a wasm container an
-    /// exec runs WebAssembly only, whatever the guest wrote to its root.
-    #[serde(default)]
-    pub native_allowed: bool,
-}
-
-/// A wasm layer stored on the host, to run instead of an entrypoint file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LayerFile {
-    /// The stored layer, opened on the host before the container is cloned.
-    pub path: PathBuf,
-    /// How logs and errors name it (image and digest).
-    pub shown: String,
-    /// argv[0] when the container names no command.
-    pub name: String,
-    /// `sha256:<hex>`: the stored file is checked against it on every use.
-    #[serde(default)]
-    pub digest: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum CreateResponse {
-    Created { pid: i32 },
-    Failed { error: String },
-}
-
-/// Shim side: has the pod's zygote fork a helper (or, without a zygote,
-/// runs the helper binary) and returns the container init's host PID.
-pub(crate) fn spawn_create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
-    request.check_ids().map_err(Error::Create)?;
-    if let Some(result) = crate::zygote::create(request, &stdin) {
-        return result;
-    }
-    let stdin = stdin.map_or_else(Stdio::null, Stdio::from);
-    let json = serde_json::to_string(request).map_err(|e| Error::Helper(e.to_string()))?;
-    let mut child = Command::new("/proc/self/exe")
-        .arg(HELPER_ARG)
-        .arg(json)
-        .current_dir(&request.bundle)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Helper(format!("cannot start the create helper: {e}")))?;
-    // The helper is reaped by the shim's SIGCHLD reaper; its answer is on stdout.
-    let mut out = String::new();
-    let mut err = String::new();
-    let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-    parse_response(
-        &out,
-        &format!("the create helper ended without an answer: {}", err.trim()),
-    )
-}
-
-/// The helper's JSON answer; `missing` describes its absence.
-pub(crate) fn parse_response(answer: &str, missing: &str) -> Result<i32, Error> {
-    match serde_json::from_str::<CreateResponse>(answer) {
-        Ok(CreateResponse::Created { pid }) => Ok(pid),
-        Ok(CreateResponse::Failed { error }) => Err(Error::Create(error)),
-        Err(_) => Err(Error::Helper(missing.to_string())),
-    }
-}
 
 /// What the zygote prepares once for every helper it forks: one malloc
 /// arena (see the executor) and the wasmtime engine, so neither is set up
@@ -240,111 +139,6 @@ fn create(request: &CreateRequest) -> Result<i32, String> {
     result
 }
 
-/// Logs to the shim log, the fifo `log` in the bundle (the cwd). The logger
-/// opens it blocking; check first that containerd is reading, or create
-/// would hang.
-pub(crate) fn open_shim_log(debug: bool, id: &str) {
-    let reader = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("log");
-    if reader.is_ok() {
-        if let Err(e) = containerd_shim::logger::init(debug, "info", "", id) {
-            eprintln!("no shim log: {e}");
-        }
-    }
-}
-
-/// libcontainer appends its own cleanup's failure to a create error (". error
-/// during cleanup: ..."): typically a cgroup v1 directory it cannot remove
-/// while the container's process is an unreaped zombie. Once the helper's
-/// cleanup, which reaps first, has removed everything, that is only noise
-/// that hides the real error.
-fn without_cleanup_complaint(error: String) -> String {
-    match error.split_once(". error during cleanup: ") {
-        Some((cause, _)) => cause.to_string(),
-        None => error,
-    }
-}
-
-/// libcontainer's errors from the container's process lose their cause on
-/// the way: its init sends only the outermost message ("failed to prepare
-/// rootfs"), and a process that dies sends nothing ("waiting for init ready").
-/// Adds what can be told from here: the mount that cannot work, or how the
-/// process died (`exits`: the statuses of the helper's reaped children).
-fn explain(
-    error: String,
-    spec: Option<&oci_spec::runtime::Spec>,
-    exits: &[nix::sys::wait::WaitStatus],
-) -> String {
-    use nix::sys::signal::Signal;
-    use nix::sys::wait::WaitStatus;
-    if error.contains("failed to prepare rootfs") {
-        return match spec.and_then(mount_problem) {
-            Some(cause) => format!("{error}: {cause}"),
-            None => format!("{error} (one of the spec's mounts could not be set up)"),
-        };
-    }
-    if !error.contains("waiting for init ready") {
-        return error;
-    }
-    // The process died before it could report anything; libcontainer kills
-    // what is left only after that, so a SIGKILL here came from elsewhere:
-    // under a memory limit, the OOM killer (its cgroup, and so its OOM count,
-    // is already gone).
-    let signal = exits.iter().find_map(|status| match status {
-        WaitStatus::Signaled(_, signal, _) => Some(*signal),
-        _ => None,
-    });
-    let how = match (signal, spec.and_then(shim_image::memory_limit)) {
-        (Some(Signal::SIGKILL), Some(limit)) => format!(
-            "it was killed (SIGKILL), most likely by the OOM killer at the container's memory \
-             limit of {} MiB; reading and compiling WebAssembly takes memory of the order of \
-             the binary's size, several times that for large data segments",
-            limit >> 20
-        ),
-        (Some(signal), _) => format!("it was killed by {signal}"),
-        (None, _) => return error,
-    };
-    format!("the container's process died while it prepared the guest: {how} ({error})")
-}
-
-/// Which of the spec's mounts cannot work, when the host can tell: a bind
-/// mount whose source is missing, or a filesystem type the kernel does not
-/// know (checked after the failed mount, which would have loaded its module).
-fn mount_problem(spec: &oci_spec::runtime::Spec) -> Option<String> {
-    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    spec.mounts().iter().flatten().find_map(|mount| {
-        let kind = mount.typ().as_deref().unwrap_or_default();
-        let bind = kind == "bind"
-            || mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        let destination = mount.destination().display();
-        match mount.source() {
-            Some(source) if bind && !source.exists() => Some(format!(
-                "the bind mount at {destination}: its source {} does not exist on the host",
-                source.display()
-            )),
-            _ if !bind
-                && !kind.is_empty()
-                && !filesystems.is_empty()
-                && !filesystems
-                    .lines()
-                    .any(|l| l.split_whitespace().last() == Some(kind)) =>
-            {
-                Some(format!(
-                    "the mount at {destination}: filesystem type {kind:?} is not supported by \
-                     this kernel (not in /proc/filesystems)"
-                ))
-            }
-            _ => None,
-        }
-    })
-}
-
 /// Works around libcontainer 0.7's cgroup v1 mount for a container that joins
 /// its pod's PID namespace (`shareProcessNamespace: true`). To mount
 /// /sys/fs/cgroup it reads `/proc/<pid>/cgroup` with the container's pid from
@@ -396,36 +190,6 @@ fn adapt_spec(bundle: &Path, layer: Option<&LayerFile>) -> Result<(), String> {
     );
     spec.set_mounts(Some(kept));
     save(&spec)
-}
-
-/// Reaps the helper's exited children, waiting up to two seconds for those
-/// still dying (libcontainer SIGKILLs them on a failed create); how each ended.
-fn reap_children() -> Vec<nix::sys::wait::WaitStatus> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let mut exits = Vec::new();
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return exits,
-            Ok(status) => exits.push(status),
-        }
-    }
-}
-
-/// The guest's stdio: the helper's stdin and containerd's output fifos.
-fn stdio(request: &CreateRequest) -> Result<[OwnedFd; 3], String> {
-    let stdin = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| format!("cannot duplicate stdin: {e}"))?;
-    let stdout =
-        open_output(request.stdout.as_deref()).map_err(|e| format!("cannot open stdout: {e}"))?;
-    let stderr =
-        open_output(request.stderr.as_deref()).map_err(|e| format!("cannot open stderr: {e}"))?;
-    Ok([stdin, stdout, stderr])
 }
 
 fn builder(request: &CreateRequest, executor: WasmExecutor) -> Result<ContainerBuilder, String> {
@@ -588,28 +352,6 @@ fn build(
         .ok_or_else(|| "libcontainer created the container but reported no pid".to_string())
 }
 
-/// Where the node's code cache lives: `$WASMTIME_SHIM_CACHE_DIR` (`off` for
-/// none), else [`shim_engine::cache::DEFAULT_ROOT`]; bounded to
-/// `$WASMTIME_SHIM_CACHE_LIMIT_MB` MiB. A cache that cannot be opened costs
-/// speed, not the container: it then compiles without one.
-pub const CACHE_DIR_ENV: &str = "WASMTIME_SHIM_CACHE_DIR";
-pub const CACHE_LIMIT_ENV: &str = "WASMTIME_SHIM_CACHE_LIMIT_MB";
-
-/// The node's cache directory, `None` when the cache is off.
-pub fn cache_root() -> Option<PathBuf> {
-    let root =
-        std::env::var_os(CACHE_DIR_ENV).unwrap_or_else(|| shim_engine::cache::DEFAULT_ROOT.into());
-    (root != "off" && !root.is_empty()).then(|| PathBuf::from(root))
-}
-
-/// The bound on the cache's size in bytes.
-pub fn cache_limit() -> u64 {
-    std::env::var(CACHE_LIMIT_ENV)
-        .ok()
-        .and_then(|mb| mb.parse::<u64>().ok())
-        .map_or(shim_engine::cache::DEFAULT_LIMIT, |mb| mb << 20)
-}
-
 /// The node's cache, for the code server; `None` when it is off.
 fn cache_config(request: &CreateRequest) -> Option<crate::code::CacheConfig> {
     Some(crate::code::CacheConfig {
@@ -677,64 +419,6 @@ fn save_spec(bundle: &Path, spec: &Spec) -> Result<(), String> {
         .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
 }
 
-/// libcontainer wraps the init process's error (ours, from the executor's
-/// `validate`) in channel errors; the innermost message is the useful one.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut messages = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(e) = source {
-        messages.push(e.to_string());
-        source = e.source();
-    }
-    messages.dedup();
-    messages.join(": ")
-}
-
-/// Opens one of containerd's output fifos for writing without ever blocking:
-/// when no reader is attached (yet), it is opened read-write so the guest's
-/// output waits in the pipe instead of killing it with SIGPIPE.
-///
-/// A `file://` log URI (`ctr run --log-uri file:///path`) is the file itself,
-/// appended to by the guest directly, stdout and stderr alike (the runc
-/// shim's behaviour, without a copy through the shim); `binary://` loggers
-/// are not supported.
-fn open_output(path: Option<&Path>) -> std::io::Result<OwnedFd> {
-    let Some(path) = path else {
-        return Ok(OpenOptions::new().write(true).open("/dev/null")?.into());
-    };
-    if let Some(uri) = path.to_str().filter(|p| p.contains("://")) {
-        let Some(file) = uri.strip_prefix("file://") else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                format!("log URI {uri}: only file:// log URIs are supported"),
-            ));
-        };
-        return Ok(OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(file)?
-            .into());
-    }
-    let file = match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            OpenOptions::new().read(true).write(true).open(path)?
-        }
-        Err(e) => return Err(e),
-    };
-    let fd = file.as_raw_fd();
-    let mut flags =
-        nix::fcntl::OFlag::from_bits_retain(nix::fcntl::fcntl(fd, nix::fcntl::F_GETFL)?);
-    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
-    nix::fcntl::fcntl(fd, nix::fcntl::F_SETFL(flags))?;
-    Ok(file.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -761,99 +445,6 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn spec_with(mounts: serde_json::Value, memory_limit: Option<i64>) -> Spec {
-        let mut spec = serde_json::json!({"ociVersion": "1.0.2", "mounts": mounts});
-        if let Some(limit) = memory_limit {
-            spec["linux"] = serde_json::json!({"resources": {"memory": {"limit": limit}}});
-        }
-        serde_json::from_value(spec).unwrap()
-    }
-
-    #[test]
-    fn a_mount_that_failed_is_named_with_its_problem() {
-        let fail = "failed to create container: exec process failed with error error in \
-                    executing process : failed to prepare rootfs";
-        let spec = spec_with(
-            serde_json::json!([
-                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
-                {"destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["rbind", "ro"]}
-            ]),
-            None,
-        );
-        let message = explain(fail.into(), Some(&spec), &[]);
-        assert!(
-            message.ends_with(
-                "failed to prepare rootfs: the bind mount at /x: its source /no/such/dir does \
-                 not exist on the host"
-            ),
-            "{message}"
-        );
-        let spec = spec_with(
-            serde_json::json!([{"destination": "/y", "type": "nosuchfs", "source": "none"}]),
-            None,
-        );
-        let message = explain(fail.into(), Some(&spec), &[]);
-        assert!(
-            message.contains("filesystem type \"nosuchfs\" is not supported by this kernel"),
-            "{message}"
-        );
-        let spec = spec_with(
-            serde_json::json!([{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=bogus"]}]),
-            None,
-        );
-        let message = explain(fail.into(), Some(&spec), &[]);
-        assert!(message.ends_with("(one of the spec's mounts could not be set up)"));
-    }
-
-    #[test]
-    fn libcontainers_cleanup_complaint_goes_once_the_helper_cleaned_up() {
-        let error = "failed to create container: exec process failed with error error in \
-                     executing process : /x.wasm is not valid WebAssembly: bad. error during \
-                     cleanup: failed to cleanup container: io error: at \
-                     /sys/fs/cgroup/blkio/default/c1: could not delete";
-        assert_eq!(
-            without_cleanup_complaint(error.into()),
-            "failed to create container: exec process failed with error error in executing \
-             process : /x.wasm is not valid WebAssembly: bad"
-        );
-        assert_eq!(without_cleanup_complaint("plain".into()), "plain");
-    }
-
-    #[test]
-    fn a_process_killed_while_preparing_the_guest_is_explained() {
-        use nix::sys::signal::Signal;
-        use nix::sys::wait::WaitStatus;
-        use nix::unistd::Pid;
-        let broken = "failed to create container: failed to receive. \"waiting for init ready\". \
-                      BrokenChannel";
-        let killed = [WaitStatus::Signaled(
-            Pid::from_raw(7),
-            Signal::SIGKILL,
-            false,
-        )];
-        let limited = spec_with(serde_json::json!([]), Some(64 << 20));
-        let message = explain(broken.into(), Some(&limited), &killed);
-        assert!(
-            message.starts_with(
-                "the container's process died while it prepared the guest: it was killed \
-                 (SIGKILL), most likely by the OOM killer at the container's memory limit of 64 MiB"
-            ),
-            "{message}"
-        );
-        assert!(message.ends_with(&format!("({broken})")), "{message}");
-        let segv = [WaitStatus::Signaled(
-            Pid::from_raw(7),
-            Signal::SIGSEGV,
-            false,
-        )];
-        let message = explain(broken.into(), Some(&limited), &segv);
-        assert!(message.contains("it was killed by SIGSEGV"), "{message}");
-        // Nothing more is known: the error stays as it was.
-        let exited = [WaitStatus::Exited(Pid::from_raw(7), 1)];
-        assert_eq!(explain(broken.into(), Some(&limited), &exited), broken);
-        assert_eq!(explain("other".into(), Some(&limited), &killed), "other");
-    }
-
     #[test]
     fn a_wasm_layer_without_a_command_runs_under_its_own_name() {
         let layer = LayerFile {
@@ -878,19 +469,5 @@ mod tests {
             args(bundle.path()).is_empty(),
             "only a layer gets a default"
         );
-    }
-
-    #[test]
-    fn a_file_log_uri_is_appended_to_and_other_schemes_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("out.log");
-        std::fs::write(&log, "before\n").unwrap();
-        let uri = PathBuf::from(format!("file://{}", log.display()));
-        File::from(open_output(Some(&uri)).unwrap())
-            .write_all(b"after\n")
-            .unwrap();
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), "before\nafter\n");
-        let err = open_output(Some(Path::new("binary:///usr/bin/logger"))).unwrap_err();
-        assert!(err.to_string().contains("only file://"), "{err}");
     }
 }

@@ -22,25 +22,29 @@
 //! The container's init, cloned by that child, is re-parented to the shim
 //! (a child subreaper; the zygote is none) when the child exits.
 
-use std::io::{IoSlice, IoSliceMut, Write};
+use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
 
-use crate::helper::{self, CreateRequest, CreateResponse};
-use crate::Error;
+use crate::helper;
+use crate::process::{close_other_descriptors, remember_reply, set_name};
+use crate::request::{CreateRequest, CreateResponse};
 
 /// The largest create request: a JSON spec of mounts and paths, far below this.
 const MAX_REQUEST: usize = 1 << 20;
 
 /// The shim's end of the zygote's socket, once [`start`] has forked it.
 static ZYGOTE: OnceLock<OwnedFd> = OnceLock::new();
+
+/// The shim's end of the zygote's socket; `None` without a zygote.
+pub(crate) fn socket() -> Option<&'static OwnedFd> {
+    ZYGOTE.get()
+}
 
 /// Forks the zygote. Call first thing in the shim server's `main`, while the
 /// process has one thread. Without a zygote (the fork failed), every create
@@ -71,48 +75,6 @@ pub fn start() {
         }
         Err(e) => eprintln!("no zygote: fork: {e}"),
     }
-}
-
-/// Shim side: has the zygote fork a create helper for `request`; `None` if
-/// there is no zygote (the caller then executes the helper itself).
-pub(crate) fn create(
-    request: &CreateRequest,
-    stdin: &Option<OwnedFd>,
-) -> Option<Result<i32, Error>> {
-    let zygote = ZYGOTE.get()?;
-    let json = serde_json::to_vec(request).ok()?;
-    let stdin = match stdin {
-        Some(fd) => fd.try_clone().ok()?,
-        None => std::fs::File::open("/dev/null").ok()?.into(),
-    };
-    let (mut reply, child_end) = UnixStream::pair().ok()?;
-    let fds = [stdin.as_raw_fd(), child_end.as_raw_fd()];
-    let sent = sendmsg::<()>(
-        zygote.as_raw_fd(),
-        &[IoSlice::new(&json)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    );
-    if let Err(e) = sent {
-        log::warn!("the zygote is gone ({e}); creating through a new process");
-        return None;
-    }
-    // Only the helper holds the write end now: its exit ends the answer.
-    drop(child_end);
-    drop(stdin);
-    // One JSON value, read to its end and no further: the container's init
-    // (cloned by the helper) holds the write end too, until it closes it.
-    let answer = serde_json::Deserializer::from_reader(&mut reply)
-        .into_iter::<serde_json::Value>()
-        .next()
-        .and_then(Result::ok)
-        .map(|value| value.to_string())
-        .unwrap_or_default();
-    Some(helper::parse_response(
-        &answer,
-        "the zygote's create helper ended without an answer",
-    ))
 }
 
 /// The zygote's life: fork a helper per request until the shim goes away.
@@ -190,7 +152,7 @@ fn serve(socket: OwnedFd) -> ! {
                 // SAFETY: back to the default, so libcontainer can wait for
                 // the processes it clones.
                 unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
-                INHERITED_REPLY.store(reply.as_raw_fd(), Ordering::Relaxed);
+                remember_reply(reply.as_raw_fd());
                 set_name(c"shim-create");
                 let response = match request {
                     Ok(request) => helper::run_in_child(&request, stdin),
@@ -212,43 +174,5 @@ fn serve(socket: OwnedFd) -> ! {
                 let _ = serde_json::to_writer(&mut reply, &failed);
             }
         }
-    }
-}
-
-/// The helper's reply socket, which the container's init inherits when the
-/// helper clones it (no `execve` closes it for a wasm guest).
-static INHERITED_REPLY: AtomicI32 = AtomicI32::new(-1);
-
-/// In the container's init: closes the reply socket inherited from the
-/// helper, so the container holds nothing of the shim's.
-pub(crate) fn close_inherited() {
-    let fd = INHERITED_REPLY.swap(-1, Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: the descriptor was the helper's; in the init nothing else uses it.
-        unsafe { libc::close(fd) };
-    }
-}
-
-/// Names this process (`ps -o comm`, /proc/PID/comm): its command line is
-/// the shim's, which would otherwise make it look like a second shim.
-pub(crate) fn set_name(name: &std::ffi::CStr) {
-    // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-}
-
-/// Closes every descriptor but stdio and `keep`.
-pub(crate) fn close_other_descriptors(keep: RawFd) {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<RawFd> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2 && fd != keep)
-        .collect();
-    for fd in fds {
-        // SAFETY: closes descriptors nothing in this process uses any more
-        // (the directory's own descriptor is already closed, or EBADF).
-        unsafe { libc::close(fd) };
     }
 }

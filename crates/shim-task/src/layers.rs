@@ -19,8 +19,8 @@ use containerd_client::services::v1::{
 };
 use containerd_client::with_namespace;
 use sha2::{Digest, Sha256};
-use shim_container::helper::LayerFile;
 use shim_container::rootfs::RootfsMount;
+use shim_container::LayerFile;
 use shim_image::layers::{self, LayerError, MAX_MANIFEST_BYTES};
 use tonic::Request;
 
@@ -179,7 +179,7 @@ impl ContainerdApi {
                 bytes.len(),
                 stored.display()
             );
-            evict(store, &stored, shim_container::helper::cache_limit());
+            evict(store, &stored, shim_container::settings::cache_limit());
         }
         Ok(LayerFile {
             path: stored,
@@ -311,7 +311,7 @@ fn rand_suffix() -> u64 {
 /// Where wasm layers are stored: `layers/` beside the node's code cache, or
 /// the bundle when the cache is off.
 pub fn store_dir(bundle: &Path) -> PathBuf {
-    match shim_container::helper::cache_root() {
+    match shim_container::settings::cache_root() {
         Some(root) => root.join("layers"),
         None => bundle.join("layers"),
     }

@@ -196,7 +196,7 @@ impl Shim for WasmtimeShim {
         let mut vars = vec![(shim_engine::options::OPTIONS_ENV, engine.as_str())];
         let cache_dir = options.cache_dir.as_ref().map(|d| d.display().to_string());
         if let Some(dir) = &cache_dir {
-            vars.push((shim_container::helper::CACHE_DIR_ENV, dir.as_str()));
+            vars.push((shim_container::settings::CACHE_DIR_ENV, dir.as_str()));
         }
         log::debug!("engine options for this handler: {engine}");
         let (_pid, address) = spawn(opts, &grouping, vars)?;

@@ -1,0 +1,164 @@
+//! The shim's handle on a created container: start, signal, stats and
+//! delete it, with plain syscalls and file operations that never fork.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcontainer::config::YoukiConfig;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::notify_socket::NOTIFY_FILE;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::request::CreateRequest;
+use crate::state::{cleanup, state_root};
+use crate::{oom, spawn, Error, Stats};
+
+/// A created Linux container whose init process will run a wasm guest.
+#[derive(Debug, Clone)]
+pub struct LinuxContainer {
+    id: String,
+    bundle: PathBuf,
+    pid: i32,
+}
+
+impl LinuxContainer {
+    /// Mounts the rootfs and creates the container; the guest is compiled and
+    /// linked, and waits for [`LinuxContainer::start`]. `stdin` becomes the guest's stdin.
+    pub fn create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<Self, Error> {
+        let pid = spawn::spawn_create(request, stdin)?;
+        Ok(Self {
+            id: request.id.clone(),
+            bundle: request.bundle.clone(),
+            pid,
+        })
+    }
+
+    /// Starts an exec's process in the running container; returns its host PID.
+    /// `request` carries the exec's stdio and process (see [`ExecProcess`]).
+    pub fn exec(&self, request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
+        spawn::spawn_create(request, stdin)
+    }
+
+    /// The host PID of the container's init process (the guest).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn dir(&self) -> PathBuf {
+        state_root(&self.bundle).join(&self.id)
+    }
+
+    fn load(&self) -> Result<Container, Error> {
+        // libcontainer refreshes the status from /proc/<pid>: it opens the
+        // process, then reads its stat. A guest that exits and is reaped in
+        // between (a short one, right after start) fails the load with
+        // "File not found: /proc/<pid>/stat"; once it is gone, the next load
+        // sees it stopped. So a failed load is tried again, a few times.
+        let mut tries = 0;
+        loop {
+            match Container::load(self.dir()) {
+                Ok(container) => return Ok(container),
+                Err(_) if tries < 3 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(tries));
+                }
+                Err(e) => return Err(Error::runtime("cannot load container state", e)),
+            }
+        }
+    }
+
+    /// Releases the guest: it is waiting on libcontainer's notify socket.
+    pub fn start(&self) -> Result<(), Error> {
+        // libcontainer's own `start` chdirs to reach a socket path that may be
+        // longer than sun_path allows; chdir is process-wide and the shim is
+        // multi-threaded, so the socket is reached through a directory fd instead.
+        let dir =
+            File::open(self.dir()).map_err(|e| Error::runtime("cannot open container state", e))?;
+        let socket = format!("/proc/self/fd/{}/{NOTIFY_FILE}", dir.as_raw_fd());
+        UnixStream::connect(&socket)
+            .and_then(|mut stream| stream.write_all(b"start container"))
+            .map_err(|e| Error::runtime("cannot signal the container to start", e))?;
+        let mut container = self.load()?;
+        container
+            .set_status(ContainerStatus::Running)
+            .save()
+            .map_err(|e| Error::runtime("cannot save container state", e))?;
+        let config = YoukiConfig::load(&container.root)
+            .map_err(|e| Error::runtime("cannot load container config", e))?;
+        if let Some(hooks) = config.hooks.as_ref() {
+            libcontainer::hooks::run_hooks(
+                hooks.poststart().as_ref(),
+                Some(&container.state),
+                Some(&container.root),
+                None,
+                None,
+            )
+            .map_err(|e| Error::runtime("poststart hook failed", e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the guest, or to every process in its cgroup with `all`.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<(), Error> {
+        let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
+        if all {
+            return self
+                .load()?
+                .kill(signal, true)
+                .map_err(|e| Error::runtime("cannot signal the container's processes", e));
+        }
+        match kill(Pid::from_raw(self.pid), signal) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::ESRCH) => Err(Error::NotRunning),
+            Err(e) => Err(Error::runtime("cannot signal the container", e)),
+        }
+    }
+
+    fn cgroup(
+        &self,
+    ) -> Result<impl CgroupManager<Error = libcgroups::common::AnyManagerError>, Error> {
+        let container = self.load()?;
+        let config = YoukiConfig::load(&container.root)
+            .map_err(|e| Error::runtime("cannot load container config", e))?;
+        create_cgroup_manager(CgroupConfig {
+            cgroup_path: config.cgroup_path,
+            systemd_cgroup: container.systemd(),
+            container_name: self.id.clone(),
+        })
+        .map_err(|e| Error::runtime("cannot open the container's cgroup", e))
+    }
+
+    /// Calls `on_oom` whenever the kernel's OOM killer acts in the container's cgroup.
+    pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<(), Error> {
+        let container = self.load()?;
+        let config = YoukiConfig::load(&container.root)
+            .map_err(|e| Error::runtime("cannot load container config", e))?;
+        oom::watch(&config.cgroup_path, on_oom)
+    }
+
+    /// The host PIDs of every process in the container's cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>, Error> {
+        let pids = self
+            .cgroup()?
+            .get_all_pids()
+            .map_err(|e| Error::runtime("cannot list the container's processes", e))?;
+        Ok(pids.into_iter().map(Pid::as_raw).collect())
+    }
+
+    /// CPU, memory and pids usage from the container's cgroup.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        self.cgroup()?
+            .stats()
+            .map_err(|e| Error::runtime("cannot read the container's cgroup stats", e))
+    }
+
+    /// Removes everything the container owns (see [`cleanup`]).
+    pub fn delete(&self) -> Result<(), Error> {
+        cleanup(&self.bundle, &self.id)
+    }
+}

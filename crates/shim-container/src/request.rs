@@ -1,0 +1,83 @@
+//! The create helper's wire protocol: what the shim asks for (a container or
+//! an exec) and what the helper answers, as JSON over the zygote's socket or
+//! the exec'd helper's argument and stdout.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rootfs::RootfsMount;
+use crate::Error;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<RootfsMount>,
+    /// containerd's stdout/stderr fifos; `None` discards the stream.
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub systemd_cgroup: bool,
+    pub debug: bool,
+    /// The guest when it is a wasm layer of the image rather than a file of
+    /// the root (see `shim_image::layers`).
+    #[serde(default)]
+    pub layer: Option<LayerFile>,
+    /// Set for an exec: a new process in the running container `id`.
+    #[serde(default)]
+    pub exec: Option<ExecProcess>,
+}
+
+impl CreateRequest {
+    /// The ids name paths (state directories, staged files): each must be
+    /// a containerd identifier, one path component.
+    pub fn check_ids(&self) -> Result<(), String> {
+        shim_image::validate_id("task", &self.id).map_err(|e| format!("invalid id: {e}"))?;
+        if let Some(exec) = &self.exec {
+            shim_image::validate_id("exec", &exec.exec_id)
+                .map_err(|e| format!("invalid id: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// An exec's process: its OCI `Process` (JSON, as containerd sends it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecProcess {
+    pub exec_id: String,
+    pub process: serde_json::Value,
+    /// Whether the container runs a native program (a sidecar, a pause
+    /// container): only then may an exec run one. In a wasm container an
+    /// exec runs WebAssembly only, whatever the guest wrote to its root.
+    #[serde(default)]
+    pub native_allowed: bool,
+}
+
+/// A wasm layer stored on the host, to run instead of an entrypoint file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerFile {
+    /// The stored layer, opened on the host before the container is cloned.
+    pub path: PathBuf,
+    /// How logs and errors name it (image and digest).
+    pub shown: String,
+    /// argv[0] when the container names no command.
+    pub name: String,
+    /// `sha256:<hex>`: the stored file is checked against it on every use.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum CreateResponse {
+    Created { pid: i32 },
+    Failed { error: String },
+}
+
+/// The helper's JSON answer; `missing` describes its absence.
+pub(crate) fn parse_response(answer: &str, missing: &str) -> Result<i32, Error> {
+    match serde_json::from_str::<CreateResponse>(answer) {
+        Ok(CreateResponse::Created { pid }) => Ok(pid),
+        Ok(CreateResponse::Failed { error }) => Err(Error::Create(error)),
+        Err(_) => Err(Error::Helper(missing.to_string())),
+    }
+}
