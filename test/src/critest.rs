@@ -33,24 +33,45 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "top", "sleep", "grep", "chmod", "hostname", "echo", "cat", "ls",
 ];
 
+/// Where the machine keeps cri-tools when the workspace is not beside it (a
+/// fresh clone elsewhere, as CI makes).
+const MACHINE_CRITEST: &str = "/work/shared/tools/cri-tools/critest";
+
 /// The `critest` binary: `CRITEST`, else `../shared/tools/cri-tools/critest`
-/// beside the workspace. Panics, saying where it looked, if it is not there:
-/// a missing suite must fail the run, not pass it.
+/// beside the workspace, else the machine's copy, else `critest` on `PATH`.
+/// Panics, saying where it looked, if there is none: a missing suite must
+/// fail the run, not pass it.
 pub fn binary() -> PathBuf {
-    let (path, how) = match std::env::var_os("CRITEST").filter(|v| !v.is_empty()) {
-        Some(path) => (PathBuf::from(path), "CRITEST"),
-        None => (
-            crate::workspace().join("../shared/tools/cri-tools/critest"),
-            "the default path (set CRITEST to override)",
+    if let Some(path) = std::env::var_os("CRITEST").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "critest not found at {} (CRITEST)",
+            path.display()
+        );
+        return path;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("critest"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let candidates: Vec<PathBuf> = [
+        crate::workspace().join("../shared/tools/cri-tools/critest"),
+        PathBuf::from(MACHINE_CRITEST),
+    ]
+    .into_iter()
+    .chain(on_path)
+    .collect();
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(path) => path.clone(),
+        None => panic!(
+            "critest (cri-tools) not found: looked at {candidates:?} (set CRITEST to the binary): \
+             these tests run Kubernetes' CRI validation suite and need it"
         ),
-    };
-    assert!(
-        path.is_file(),
-        "critest (cri-tools) not found at {} ({how}): these tests run Kubernetes' CRI \
-         validation suite and need it",
-        path.display()
-    );
-    path
+    }
 }
 
 /// Builds the stand-in for [`BUSYBOX`] into `dir` and returns the OCI layout

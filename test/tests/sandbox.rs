@@ -559,6 +559,23 @@ fn the_guest_process_holds_nothing_of_the_host() {
     let pid = c.task_pid(&id).expect("the task's pid");
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     assert_eq!(comm.trim(), "wasm-container", "pid {pid} is the guest's");
+    // `ctr run -d` returns once the task is started; the guest runs a moment
+    // later. It is running once its sleep has made wasmtime-wasi's event
+    // loop (an eventpoll descriptor): look only then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir_names(Path::new(&format!("/proc/{pid}/fd")))
+        .iter()
+        .any(|fd| {
+            fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .is_ok_and(|l| l.to_string_lossy().contains("eventpoll"))
+        })
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest {pid} never ran its sleep"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let bundle = bundle(&c, &id);
     let rootfs = bundle.join("rootfs");
     let cache = c.dir().join("cache");
@@ -653,16 +670,28 @@ fn execs_run_under_the_containers_seccomp_filter() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("ctr task exec");
+        // The exec's process, once it runs its program: the cgroup also
+        // holds, for a moment, the code server that compiles for the exec
+        // (`shim-code`, a host process that joins the cgroup) and the exec's
+        // process while libcontainer and the executor still set it up (the
+        // filter is the last thing installed before the program runs).
         let deadline = Instant::now() + Duration::from_secs(20);
         let exec_pid = loop {
-            let pids = task_pids(&c, id);
-            if let Some(&pid) = pids.iter().find(|&&p| p != init) {
-                break Some(pid);
+            let running = task_pids(&c, id).into_iter().find(|&p| {
+                let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                p != init
+                    && comm.trim() != "shim-code"
+                    && fs::read_to_string(format!("/proc/{p}/status"))
+                        .is_ok_and(|status| !status.contains("Seccomp:\t0"))
+            });
+            if running.is_some() {
+                break running;
             }
             if Instant::now() > deadline || exec.try_wait().ok().flatten().is_some() {
-                break None;
+                // Whatever it is by now, it is what gets compared.
+                break task_pids(&c, id).into_iter().find(|&p| p != init);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         };
         let Some(exec_pid) = exec_pid else {
             let _ = exec.kill();

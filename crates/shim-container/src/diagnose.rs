@@ -2,6 +2,17 @@
 //! from the container's process lose their cause on the way (its init sends
 //! only the outermost message); what the helper can still tell is added here.
 
+// The messages of libcontainer 0.7 that are matched below. The container's
+// process reports its failure across a process boundary as text, so there is
+// no typed error to match; `libcontainers_messages_are_the_ones_matched`
+// fails when libcontainer words them differently.
+/// The container's process died before it was ready.
+const INIT_DIED: &str = "waiting for init ready";
+/// libcontainer could not set up the root (a mount).
+const ROOTFS_FAILED: &str = "failed to prepare rootfs";
+/// libcontainer appends its own cleanup's failure after this.
+const CLEANUP_FAILED: &str = ". error during cleanup: ";
+
 /// libcontainer wraps the init process's error (ours, from the executor's
 /// `validate`) in channel errors; the innermost message is the useful one.
 pub(crate) fn describe(error: &dyn std::error::Error) -> String {
@@ -21,7 +32,7 @@ pub(crate) fn describe(error: &dyn std::error::Error) -> String {
 /// cleanup, which reaps first, has removed everything, that is only noise
 /// that hides the real error.
 pub(crate) fn without_cleanup_complaint(error: String) -> String {
-    match error.split_once(". error during cleanup: ") {
+    match error.split_once(CLEANUP_FAILED) {
         Some((cause, _)) => cause.to_string(),
         None => error,
     }
@@ -39,13 +50,13 @@ pub(crate) fn explain(
 ) -> String {
     use nix::sys::signal::Signal;
     use nix::sys::wait::WaitStatus;
-    if error.contains("failed to prepare rootfs") {
+    if error.contains(ROOTFS_FAILED) {
         return match spec.and_then(mount_problem) {
             Some(cause) => format!("{error}: {cause}"),
             None => format!("{error} (one of the spec's mounts could not be set up)"),
         };
     }
-    if !error.contains("waiting for init ready") {
+    if !error.contains(INIT_DIED) {
         return error;
     }
     // The process died before it could report anything; libcontainer kills
@@ -109,6 +120,23 @@ fn mount_problem(spec: &oci_spec::runtime::Spec) -> Option<String> {
 mod tests {
     use super::*;
     use oci_spec::runtime::Spec;
+
+    #[test]
+    fn libcontainers_messages_are_the_ones_matched() {
+        use libcontainer::process::channel::main_channel;
+        use libcontainer::process::init::error::InitProcessError;
+        use libcontainer::rootfs::RootfsError;
+        // The container's process gone before it is ready, as the helper
+        // sees it: its end of the channel closed.
+        let (sender, mut receiver) = main_channel().unwrap();
+        sender.close().unwrap();
+        let died = receiver.wait_for_init_ready().unwrap_err().to_string();
+        assert!(died.contains(INIT_DIED), "{died}");
+        let rootfs = InitProcessError::RootFS(RootfsError::UnknownRootfsPropagation("x".into()));
+        assert_eq!(rootfs.to_string(), ROOTFS_FAILED);
+        // (CLEANUP_FAILED is written by CreateContainerError's Display, which
+        // has no public constructor: pinned by libcontainer's own test.)
+    }
 
     fn spec_with(mounts: serde_json::Value, memory_limit: Option<i64>) -> Spec {
         let mut spec = serde_json::json!({"ociVersion": "1.0.2", "mounts": mounts});
