@@ -205,7 +205,7 @@ unit-test:
 
 e2e-test: build images installer-debs
 	@echo "== e2e tests against containerd $$(containerd --version | cut -d' ' -f3) (the machine's)"
-	$(CARGO) test --workspace --test '*' -- --test-threads=4
+	$(CARGO) test --workspace --test '*' --no-fail-fast -- --test-threads=4
 
 # The shim-tests suites once per other containerd version; the harness runs the
 # containerd, ctr and runc shim of CONTAINERD_DIR. Every version runs, then
