@@ -204,15 +204,7 @@ fn receive(
 fn serve(socket: OwnedFd, config: &CacheConfig, engine: Option<&Engine>) -> ! {
     crate::process::set_name(c"shim-code");
     crate::process::close_other_descriptors(socket.as_raw_fd());
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..=2 {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
+    crate::process::stdio_to_null();
     crate::process::open_shim_log(config.debug, &config.id);
     let _ = setsockopt(&socket, sockopt::PassCred, &true);
     let engine = match engine {

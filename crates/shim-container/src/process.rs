@@ -2,7 +2,7 @@
 //! descriptors, its children, its log.
 
 use std::fs::OpenOptions;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -48,6 +48,17 @@ pub(crate) fn close_other_descriptors(keep: RawFd) {
         // SAFETY: closes descriptors nothing in this process uses any more
         // (the directory's own descriptor is already closed, or EBADF).
         unsafe { libc::close(fd) };
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null: a process of the shim that
+/// must not hold what it inherited there (containerd's `start` pipe, the
+/// guest's stdin).
+pub(crate) fn stdio_to_null() {
+    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..=2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use nix::sys::socket::{
 };
 
 use crate::helper;
-use crate::process::{close_other_descriptors, remember_reply, set_name};
+use crate::process::{close_other_descriptors, remember_reply, set_name, stdio_to_null};
 use crate::request::{CreateRequest, CreateResponse};
 
 /// The largest create request: a JSON spec of mounts and paths, far below this.
@@ -92,15 +92,7 @@ fn serve(socket: OwnedFd) -> ! {
     let _ = std::env::set_current_dir("/");
     // The shim's stdio at this point is `start`'s pipe, which containerd
     // reads to its end: holding it would hang every `start`.
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..=2 {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
+    stdio_to_null();
     // Helpers are reaped by the kernel: the zygote never waits for them.
     // SAFETY: sets the disposition of SIGCHLD for this process.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
