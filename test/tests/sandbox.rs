@@ -724,6 +724,32 @@ fn execs_run_under_the_containers_seccomp_filter() {
         let status = exec.wait().expect("ctr task exec");
         assert_eq!(status.code(), Some(137), "the exec's SIGKILL status");
     }
+    // A wasm program exec'd into the native container builds its guest's
+    // view in a mount namespace of its own: nothing of it is left in the
+    // native container's (its mounts after are those before).
+    let init = c.task_pid(&native).expect("the native task's pid");
+    let mounts = || fs::read_to_string(format!("/proc/{init}/mountinfo")).unwrap_or_default();
+    let before = mounts();
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "wasm-in-native",
+        &native,
+        "/wasitest.wasm",
+        "hello",
+    ]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+    if mounts() != before {
+        problems.push(format!(
+            "{native}: a wasm exec changed the native container's mounts:\n{before}\n---\n{}",
+            mounts()
+        ));
+    }
     c.remove(&native);
     c.remove(&wasm);
     c.assert_clean(&[&native, &wasm]);

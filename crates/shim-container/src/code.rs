@@ -357,6 +357,7 @@ fn join_cgroups_of(pid: i32) -> Result<(), String> {
         .map_err(|e| format!("cannot read the cgroups of {pid}: {e}"))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let me = std::process::id().to_string();
+    let mut failed = Vec::new();
     for line in memberships.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -366,12 +367,19 @@ fn join_cgroups_of(pid: i32) -> Result<(), String> {
         let Some(mount) = hierarchy_mount(&mountinfo, controllers) else {
             continue;
         };
+        // Every hierarchy it can: one that fails leaves the others joined.
         let procs = mount
             .join(path.trim_start_matches('/'))
             .join("cgroup.procs");
-        std::fs::write(&procs, &me).map_err(|e| format!("{}: {e}", procs.display()))?;
+        if let Err(e) = std::fs::write(&procs, &me) {
+            failed.push(format!("{}: {e}", procs.display()));
+        }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// Where the hierarchy of `controllers` (a line of /proc/PID/cgroup: empty

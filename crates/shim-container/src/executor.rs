@@ -69,8 +69,13 @@ struct Guest {
     process: WasmProcess,
 }
 
+/// The entrypoint, read and classified; nothing compiled yet.
 enum Prepared {
-    Guest(Guest),
+    Wasm {
+        shown: String,
+        bytes: Vec<u8>,
+        process: WasmProcess,
+    },
     Native,
 }
 
@@ -141,8 +146,8 @@ pub struct ExecKind {
 }
 
 impl WasmExecutor {
-    /// Reads the entrypoint and compiles or maps the guest; `inherited`
-    /// learns which inherited descriptors were closed on the way.
+    /// Reads the entrypoint and tells a native program from WebAssembly;
+    /// `inherited` learns which inherited descriptors were closed on the way.
     fn prepare(&self, spec: &Spec, inherited: &mut InheritedFds) -> Result<Prepared, String> {
         let layer = self.layer.as_deref().map(|(file, layer)| {
             let file = file.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -228,6 +233,18 @@ impl WasmExecutor {
                 &bytes[..bytes.len().min(8)]
             ));
         }
+        Ok(Prepared::Wasm {
+            shown,
+            bytes,
+            process,
+        })
+    }
+
+    /// Compiles the guest, or maps its code from the node's cache. Called
+    /// once the process is confined: the compiler's worker threads inherit
+    /// the filter and capabilities they are created with.
+    fn compile(&self, shown: &str, bytes: Vec<u8>, process: WasmProcess) -> Result<Guest, String> {
+        let entry = &process.entrypoint;
         // One malloc arena: the compiler's worker threads would otherwise each
         // keep an arena of their own (megabytes, for the container's lifetime)
         // that malloc_trim below cannot give back.
@@ -243,7 +260,7 @@ impl WasmExecutor {
             engine = engine.with_cache(code.clone());
         }
         let program = engine
-            .prepare(&shown, &bytes, entry.export.as_deref())
+            .prepare(shown, &bytes, entry.export.as_deref())
             .map_err(|e| e.to_string())?;
         match program.cache_outcome() {
             Some(Outcome::Hit) => log::info!("{shown}: code mapped from the node's cache"),
@@ -259,7 +276,7 @@ impl WasmExecutor {
         // SAFETY: malloc_trim only releases free heap pages.
         unsafe { libc::malloc_trim(0) };
         log::info!("{shown}: {}", program.describe());
-        Ok(Prepared::Guest(Guest { program, process }))
+        Ok(Guest { program, process })
     }
 
     /// What the guest is given, opened once its process has dropped its
@@ -388,7 +405,9 @@ impl Executor for WasmExecutor {
         set_name(crate::WASM_PROCESS_NAME);
         let began = std::time::Instant::now();
         let mut inherited = InheritedFds::snapshot();
-        let prepared = self.prepare(spec, &mut inherited);
+        let workload = self
+            .prepare(spec, &mut inherited)
+            .and_then(|prepared| self.confine(prepared, spec));
         // Done with the code server, whatever happened: it exits.
         if let Some(code) = &self.code {
             if let Some(fd) = code.raw_fd() {
@@ -396,9 +415,7 @@ impl Executor for WasmExecutor {
             }
             code.close();
         }
-        let workload = prepared
-            .and_then(|prepared| self.confine(prepared, spec))
-            .map_err(ExecutorValidationError::ArgValidationError)?;
+        let workload = workload.map_err(ExecutorValidationError::ArgValidationError)?;
         log::debug!(
             "the guest was prepared in {:.1} ms",
             began.elapsed().as_secs_f64() * 1e3
@@ -460,9 +477,10 @@ impl WasmExecutor {
     /// view of the container without pseudo-filesystems (see
     /// [`guest_view`]); then for every process the container's seccomp
     /// filter and capabilities; a wasm guest's process becomes non-dumpable
-    /// and only then opens the guest's directories and port.
+    /// and only then compiles (or maps) the guest, whose compiler threads
+    /// inherit all of that, and opens the guest's directories and port.
     fn confine(&self, prepared: Prepared, spec: &Spec) -> Result<Workload, String> {
-        let guest = match prepared {
+        let (shown, bytes, process) = match prepared {
             Prepared::Native => {
                 // Told apart from a wasm container's process by its name
                 // from now on, before its program is even started.
@@ -470,12 +488,18 @@ impl WasmExecutor {
                 self.confinement.apply()?;
                 return Ok(Workload::Native);
             }
-            Prepared::Guest(guest) => guest,
+            Prepared::Wasm {
+                shown,
+                bytes,
+                process,
+            } => (shown, bytes, process),
         };
         let root = guest_view::guest_root()
             .map_err(|e| format!("cannot make the guest's view of the container: {e}"))?;
         self.confinement.apply()?;
         guest_view::make_undumpable()?;
+        // Only now, confined: compiling may start threads.
+        let guest = self.compile(&shown, bytes, process)?;
         self.finish(guest, spec, &root)
     }
 }

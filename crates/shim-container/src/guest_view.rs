@@ -74,18 +74,35 @@ pub fn is_hidden(path: &Path) -> bool {
 /// first of these directories the container has (containerd's specs mount
 /// all three). Nothing else runs in the container then (its process is
 /// being created, or an exec is built under the container's exec lock).
-const SCRATCH: [&std::ffi::CStr; 3] = [c"/dev", c"/proc", c"/sys"];
+const SCRATCH: [&std::ffi::CStr; 2] = [c"/dev", c"/sys"];
 
 /// The guest's root: a detached copy of the process's mount tree without
 /// pseudo-filesystems or anything under /proc, /sys and /dev. Needs
 /// `CAP_SYS_ADMIN` over the mount namespace: call it before the
 /// capabilities are dropped.
+///
+/// The work happens in a mount namespace of this process's own, made
+/// private first: nothing of it is seen by the container's other processes
+/// (a native container's, when this is a wasm exec into it) or propagates to
+/// peers of a shared mount, and a process killed half-way leaves nothing
+/// behind. Execs into the container join this namespace, a copy of the
+/// container's with the same mounts.
 pub fn guest_root() -> Result<OwnedFd, String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mounts private: {e}"))?;
     let tree = clone_tree(c"/")?;
     let scratch = SCRATCH
         .into_iter()
         .find(|dir| Path::new(dir.to_str().unwrap_or_default()).is_dir())
-        .ok_or("the container has none of /dev, /proc, /sys")?;
+        .ok_or("the container has neither /dev nor /sys")?;
     let scratch_path = Path::new(scratch.to_str().unwrap_or_default());
     // Attached for a moment, so its mounts can be named and pruned.
     // SAFETY: move_mount reads the two paths; the descriptor is ours.
@@ -137,30 +154,15 @@ fn clone_tree(path: &std::ffi::CStr) -> Result<OwnedFd, String> {
 /// Removes the pseudo-filesystems and /proc, /sys, /dev from the copy of
 /// the mount tree attached at `at`, and covers those three.
 fn prune(at: &Path) -> Result<(), String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    let mounts: Vec<Mount> = mountinfo.lines().filter_map(Mount::parse).collect();
-    // The copy's root is the last mount at `at`; its mounts descend from it.
-    let root = mounts
-        .iter()
-        .rev()
-        .find(|m| m.point == at)
-        .ok_or("the copy of the mount tree is not where it was attached")?;
-    let mut copy = vec![root.id];
     let mut targets = Vec::new();
-    for mount in &mounts {
-        if !copy.contains(&mount.parent) || mount.id == root.id {
-            continue;
-        }
-        copy.push(mount.id);
-        let inside = Path::new("/").join(mount.point.strip_prefix(at).unwrap_or(&mount.point));
+    for (mount, inside) in copy_mounts(at)? {
         if is_hidden(&inside) || is_pseudo_filesystem(&mount.fs_type) {
             log::debug!(
                 "hidden from the guest: the {} mount at {}",
                 mount.fs_type,
                 inside.display()
             );
-            targets.push(mount.point.clone());
+            targets.push(mount.point);
         }
     }
     // Deepest first; a detached parent takes its children with it.
@@ -185,10 +187,45 @@ fn prune(at: &Path) -> Result<(), String> {
         )
         .map_err(|e| format!("cannot cover {}: {e}", dir.display()))?;
     }
+    // What could not be unmounted (a mount locked by a user namespace) must
+    // at least be under a covered directory: fail rather than show it.
+    for (mount, inside) in copy_mounts(at)? {
+        if is_pseudo_filesystem(&mount.fs_type) && !is_hidden(&inside) {
+            return Err(format!(
+                "the {} mount at {} cannot be removed from the guest's view",
+                mount.fs_type,
+                inside.display()
+            ));
+        }
+    }
     Ok(())
 }
 
+/// The mounts of the copy of the mount tree attached at `at` (the last
+/// mount there, and what descends from it), each with its path in the copy.
+fn copy_mounts(at: &Path) -> Result<Vec<(Mount, PathBuf)>, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mounts: Vec<Mount> = mountinfo.lines().filter_map(Mount::parse).collect();
+    let root = mounts
+        .iter()
+        .rev()
+        .find(|m| m.point == at)
+        .ok_or("the copy of the mount tree is not where it was attached")?;
+    let mut copy = vec![root.id];
+    let mut found = Vec::new();
+    for mount in mounts.iter().filter(|m| m.id != root.id) {
+        if copy.contains(&mount.parent) {
+            copy.push(mount.id);
+            let inside = Path::new("/").join(mount.point.strip_prefix(at).unwrap_or(&mount.point));
+            found.push((mount.clone(), inside));
+        }
+    }
+    Ok(found)
+}
+
 /// One line of /proc/self/mountinfo.
+#[derive(Clone)]
 struct Mount {
     id: u64,
     parent: u64,

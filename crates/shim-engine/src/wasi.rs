@@ -11,6 +11,7 @@
 //! invocation's [`NetworkPolicy`] narrows it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -57,7 +58,11 @@ fn preopen_held(
     perms: FsPerms,
 ) -> std::io::Result<()> {
     let _one_at_a_time = CWD.lock().unwrap_or_else(|e| e.into_inner());
-    let back = std::fs::File::open(".")?;
+    // O_PATH: a working directory the user may enter but not list is enough.
+    let back = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(".")?;
     nix::unistd::fchdir(dir.as_raw_fd())?;
     let opened = builder
         .preopened_dir(".", guest, perms)
