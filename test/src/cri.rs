@@ -789,6 +789,11 @@ impl CriNode {
     }
 
     /// `ctr -n k8s.io <args>` against this node; its output, whatever the status.
+    /// The host pid of container `id`'s task.
+    pub fn task_pid(&self, id: &str) -> Option<i32> {
+        crate::task_pid_in(&self.ctr_output(&["task", "ls"]).stdout, id)
+    }
+
     pub fn ctr_output(&self, args: &[&str]) -> crate::CtrOutput {
         Command::new(crate::ctr_binary())
             .arg("--address")

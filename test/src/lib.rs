@@ -417,14 +417,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// The host PID of a task (`ctr task ls`).
     pub fn task_pid(&self, id: &str) -> Option<i32> {
-        let out = self.ctr(&["task", "ls"]);
-        out.stdout
-            .lines()
-            .filter_map(|l| {
-                let cols: Vec<_> = l.split_whitespace().collect();
-                (cols.first() == Some(&id)).then(|| cols.get(1)?.parse().ok())?
-            })
-            .next()
+        task_pid_in(&self.ctr(&["task", "ls"]).stdout, id)
     }
 
     /// Everything this containerd's containers could have left behind on the
@@ -1061,6 +1054,14 @@ impl Containerd {
     pub fn assert_clean_of(&self, ids: &[impl AsRef<str>], patience: Duration) {
         wait_until_clean(patience, || self.leftovers_of(ids), || self.log());
     }
+}
+
+/// The pid of task `id` in the output of `ctr task ls`.
+pub fn task_pid_in(task_ls: &str, id: &str) -> Option<i32> {
+    task_ls.lines().find_map(|l| {
+        let cols: Vec<_> = l.split_whitespace().collect();
+        (cols.first() == Some(&id)).then(|| cols.get(1)?.parse().ok())?
+    })
 }
 
 /// The SHA-256 of a file, in hex.

@@ -450,13 +450,7 @@ fn seccomp_profiles_bind_wasm_guests_and_native_sidecars() {
     let unconfined = start(linker("unconfined"));
     let confined = start(with_seccomp(linker("confined"), no_links));
     for id in [&looping, &sidecar] {
-        let pid = node
-            .ctr_output(&["task", "ls"])
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(id.as_str()))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .expect("a task pid");
+        let pid = node.task_pid(id).expect("a task pid");
         assert_eq!(
             seccomp_mode(pid),
             Some(2),

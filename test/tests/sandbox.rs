@@ -79,6 +79,29 @@ fn security_fields(status: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// How an exec's confinement (`of_exec`) differs from its container
+/// init's, which must be under a seccomp filter.
+fn unlike_its_init(
+    exec: &str,
+    of_exec: &BTreeMap<String, String>,
+    init: &str,
+    of_init: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if of_init["Seccomp"] != "2" {
+        problems.push(format!("{init} has Seccomp {}", of_init["Seccomp"]));
+    }
+    for (field, value) in of_init {
+        if of_exec[field] != *value {
+            problems.push(format!(
+                "{exec} has {field} {}, {init} {value}",
+                of_exec[field]
+            ));
+        }
+    }
+    problems
+}
+
 fn security_of(pid: i32) -> BTreeMap<String, String> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
@@ -705,20 +728,12 @@ fn execs_run_under_the_containers_seccomp_filter() {
         let of_init = security_of(init);
         let of_exec = security_of(exec_pid);
         eprintln!("  {id}: init {init} {of_init:?}; exec {exec_pid} {of_exec:?}");
-        if of_init["Seccomp"] != "2" {
-            problems.push(format!(
-                "{id}: the init {init} has Seccomp {}",
-                of_init["Seccomp"]
-            ));
-        }
-        for (field, value) in &of_init {
-            if of_exec[field] != *value {
-                problems.push(format!(
-                    "{id} ({program}): the exec {exec_pid} has {field} {}, the init {value}",
-                    of_exec[field]
-                ));
-            }
-        }
+        problems.extend(unlike_its_init(
+            &format!("{id} ({program}): the exec {exec_pid}"),
+            &of_exec,
+            &format!("the init {init}"),
+            &of_init,
+        ));
         let out = c.ctr(&["task", "kill", "--exec-id", "sleeper", "-s", "SIGKILL", id]);
         assert_eq!(out.code, 0, "{out:?}");
         let status = exec.wait().expect("ctr task exec");
@@ -842,30 +857,16 @@ fn a_sidecar_sharing_the_pid_namespace_reaches_nothing_of_the_wasm_container() {
     let out = exec_sync(&node, &attacker, &["/probe", "status"]);
     assert_eq!(out.exit_code, 0, "{out:?}");
     let of_exec = security_fields(&String::from_utf8_lossy(&out.stdout));
-    let init = node
-        .ctr_output(&["task", "ls"])
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(attacker.as_str()))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .expect("the sidecar's pid");
+    let init = node.task_pid(&attacker).expect("the sidecar's pid");
     let of_init = security_of(init);
     eprintln!("  sidecar: init {init} {of_init:?}; ExecSync {of_exec:?}");
     assert_eq!(of_exec.len(), 4, "{out:?}");
-    if of_init["Seccomp"] != "2" {
-        problems.push(format!(
-            "the sidecar's init has Seccomp {}",
-            of_init["Seccomp"]
-        ));
-    }
-    for (field, value) in &of_init {
-        if of_exec[field] != *value {
-            problems.push(format!(
-                "an ExecSync in the sidecar has {field} {}, its init {value}",
-                of_exec[field]
-            ));
-        }
-    }
+    problems.extend(unlike_its_init(
+        "an ExecSync in the sidecar",
+        &of_exec,
+        "the sidecar's init",
+        &of_init,
+    ));
 
     assert_eq!(fs::read_to_string(&planted).unwrap(), marker);
     node.stop_and_remove_pod(&pod);

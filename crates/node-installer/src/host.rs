@@ -192,16 +192,15 @@ impl Host {
             .map_err(|e| Error::io("reading the mode of", host_path, e))
     }
 
-    pub fn remove_file(&self, host_path: &Path) -> Result<(), Error> {
+    /// Unlinks `host_path` in its parent, resolved inside the root: the
+    /// outer error is the parent's, the inner the unlink's.
+    fn unlink(&self, host_path: &Path, flag: UnlinkatFlags) -> Result<std::io::Result<()>, Error> {
         let (dir, name) = self.parent(host_path)?;
-        let removed = dir.and_then(|dir| {
-            Ok(unlinkat(
-                Some(dir.as_raw_fd()),
-                name.as_os_str(),
-                UnlinkatFlags::NoRemoveDir,
-            )?)
-        });
-        match removed {
+        Ok(dir.and_then(|dir| Ok(unlinkat(Some(dir.as_raw_fd()), name.as_os_str(), flag)?)))
+    }
+
+    pub fn remove_file(&self, host_path: &Path) -> Result<(), Error> {
+        match self.unlink(host_path, UnlinkatFlags::NoRemoveDir)? {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io("removing", host_path, e)),
@@ -211,15 +210,7 @@ impl Host {
     /// Removes a directory this installer created, only if it is empty now
     /// (someone else may have put files there since).
     pub fn remove_dir_if_empty(&self, host_path: &Path) -> Result<bool, Error> {
-        let (dir, name) = self.parent(host_path)?;
-        let removed = dir.and_then(|dir| {
-            Ok(unlinkat(
-                Some(dir.as_raw_fd()),
-                name.as_os_str(),
-                UnlinkatFlags::RemoveDir,
-            )?)
-        });
-        match removed {
+        match self.unlink(host_path, UnlinkatFlags::RemoveDir)? {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(false),

@@ -369,7 +369,7 @@ impl InheritedFds {
     /// Lists them now (from /proc, else by probing).
     pub fn snapshot() -> Self {
         Self(
-            open_descriptors()
+            crate::process::open_descriptors()
                 .into_iter()
                 .filter(|&fd| fd > 2)
                 .collect(),
@@ -391,34 +391,6 @@ impl InheritedFds {
             unsafe { libc::close(fd) };
         }
     }
-}
-
-/// Every open descriptor of this process.
-pub fn open_descriptors() -> Vec<RawFd> {
-    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-        let mut fds: Vec<RawFd> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        // The directory's own descriptor was among them; it is closed now.
-        fds.retain(|&fd| {
-            // SAFETY: F_GETFD only reads the descriptor's flags.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-            flags >= 0
-        });
-        return fds;
-    }
-    // SAFETY: getrlimit writes the plain struct it is given.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let open_max = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => limit.rlim_cur.min(1 << 16) as RawFd,
-        _ => 1024,
-    };
-    (0..open_max)
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
-        .collect()
 }
 
 /// Makes the process non-dumpable: only a process with `CAP_SYS_PTRACE`

@@ -13,7 +13,7 @@
 //! libcontainer's tenant instead, one per container at a time.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -28,7 +28,7 @@ use crate::confinement::Confinement;
 use crate::diagnose::{describe, explain, without_cleanup_complaint};
 use crate::executor::WasmExecutor;
 use crate::process::{open_shim_log, reap_children};
-use crate::request::{CreateRequest, CreateResponse, ExecProcess, LayerFile};
+use crate::request::{sha256_digest, CreateRequest, CreateResponse, ExecProcess, LayerFile};
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
 use crate::settings::{cache_limit, cache_root};
 use crate::state::{cleanup_state, state_root};
@@ -367,23 +367,20 @@ fn cache_config(request: &CreateRequest) -> Option<crate::code::CacheConfig> {
 /// way: a stored file changed since it was stored is refused, and the
 /// container never holds a descriptor of the host's store.
 fn open_layer(layer: Option<&LayerFile>) -> Result<Option<(File, LayerFile)>, String> {
-    use sha2::Digest;
     let Some(layer) = layer else {
         return Ok(None);
     };
+    let unreadable = |e| format!("{}: cannot read its stored wasm layer: {e}", layer.shown);
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&layer.path)
         .map_err(|e| format!("{}: cannot open its stored wasm layer: {e}", layer.shown))?;
-    let mut hasher = sha2::Sha256::new();
-    let copy = shim_engine::cache::sealed_copy(&mut HashingReader {
-        from: file,
-        hasher: &mut hasher,
-    })
-    .map_err(|e| format!("{}: cannot read its stored wasm layer: {e}", layer.shown))?;
+    let mut copy = shim_engine::cache::sealed_copy(&mut &file).map_err(unreadable)?;
     if let Some(expected) = &layer.digest {
-        let found = format!("sha256:{:x}", hasher.finalize());
+        // The copy is what the container gets: that is what is checked.
+        let found = sha256_digest(&copy).map_err(unreadable)?;
+        std::io::Seek::rewind(&mut copy).map_err(unreadable)?;
         if &found != expected {
             return Err(format!(
                 "{}: the stored wasm layer {} does not match its digest (it is {found}); \
@@ -394,21 +391,6 @@ fn open_layer(layer: Option<&LayerFile>) -> Result<Option<(File, LayerFile)>, St
         }
     }
     Ok(Some((copy, layer.clone())))
-}
-
-/// Reads `from`, feeding every byte to `hasher` as well.
-struct HashingReader<'a> {
-    from: File,
-    hasher: &'a mut sha2::Sha256,
-}
-
-impl Read for HashingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.from.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Writes `spec` as the bundle's config.json (staged, then renamed).

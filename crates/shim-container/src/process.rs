@@ -36,19 +36,41 @@ pub(crate) fn set_name(name: &std::ffi::CStr) {
 
 /// Closes every descriptor but stdio and `keep`.
 pub(crate) fn close_other_descriptors(keep: RawFd) {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<RawFd> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    for fd in open_descriptors()
+        .into_iter()
         .filter(|&fd| fd > 2 && fd != keep)
-        .collect();
-    for fd in fds {
-        // SAFETY: closes descriptors nothing in this process uses any more
-        // (the directory's own descriptor is already closed, or EBADF).
+    {
+        // SAFETY: closes descriptors nothing in this process uses any more.
         unsafe { libc::close(fd) };
     }
+}
+
+/// Every open descriptor of this process.
+pub(crate) fn open_descriptors() -> Vec<RawFd> {
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let mut fds: Vec<RawFd> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        // The directory's own descriptor was among them; it is closed now.
+        fds.retain(|&fd| {
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0
+        });
+        return fds;
+    }
+    // SAFETY: getrlimit writes the plain struct it is given.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let open_max = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur.min(1 << 16) as RawFd,
+        _ => 1024,
+    };
+    (0..open_max)
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        .collect()
 }
 
 /// Points stdin, stdout and stderr at /dev/null: a process of the shim that

@@ -67,6 +67,15 @@ pub struct LayerFile {
     pub digest: Option<String>,
 }
 
+/// The OCI digest (`sha256:<hex>`) of everything `from` reads: what a
+/// stored layer is checked against.
+pub fn sha256_digest(mut from: impl std::io::Read) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut from, &mut hasher)?;
+    Ok(format!("sha256:{:x}", hasher.finalize()))
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum CreateResponse {
     Created { pid: i32 },

@@ -183,10 +183,6 @@ impl Cache {
         self
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The cache entry's name for `bytes` of `kind` compiled by `engine`.
     pub(crate) fn name(engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> String {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
@@ -242,11 +238,12 @@ impl Cache {
             Failure::Compile(e)
         })?;
         let sealed = sealed_copy(&mut &code[..])?;
-        drop(code);
         let Some(lock) = lock else {
             return Ok((sealed, Outcome::CompiledUnstored));
         };
-        self.store(&name, &sealed)?;
+        let tag = self.tag(&name, &code);
+        drop(code);
+        self.store(&name, &tag, &sealed)?;
         io::Seek::rewind(&mut &sealed)?;
         debug!("cache: compiled and stored {name}");
         drop(lock);
@@ -314,20 +311,18 @@ impl Cache {
         Ok(())
     }
 
-    /// Writes `code` as artifact `name`: temporary files, fsync, then renames
-    /// (tag first), so a reader sees a whole artifact or none.
-    /// `code` is the sealed memfd the caller hands out as well.
-    fn store(&self, name: &str, code: &File) -> io::Result<()> {
+    /// The tag of artifact `name` holding `code`.
+    fn tag(&self, name: &str, code: &[u8]) -> hmac::Tag {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(name.as_bytes());
-        io::copy(
-            &mut Tee {
-                from: code,
-                mac: &mut ctx,
-            },
-            &mut io::sink(),
-        )?;
-        let tag = ctx.sign();
+        ctx.update(code);
+        ctx.sign()
+    }
+
+    /// Writes `code` (the sealed memfd the caller hands out as well) as
+    /// artifact `name` with its `tag`: temporary files, fsync, then renames
+    /// (tag first), so a reader sees a whole artifact or none.
+    fn store(&self, name: &str, tag: &hmac::Tag, code: &File) -> io::Result<()> {
         let pid = std::process::id();
         for suffix in [TAG, ARTIFACT] {
             let temp = format!("{name}{suffix}.tmp.{pid}");

@@ -260,8 +260,8 @@ impl Engine {
                             if std::path::Path::new(&path).exists() {
                                 Component::deserialize_file(&self.inner, path)
                             } else {
-                                // No /proc (an exec into a wasm container,
-                                // which hides it): a private copy.
+                                // No /proc mounted (a spec without it):
+                                // a private copy.
                                 let mut code = Vec::new();
                                 std::io::Read::read_to_end(&mut &file, &mut code)?;
                                 Component::deserialize(&self.inner, code)

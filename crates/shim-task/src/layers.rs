@@ -18,7 +18,7 @@ use containerd_client::services::v1::{
     images_client::ImagesClient, GetContainerRequest, GetImageRequest, ReadContentRequest,
 };
 use containerd_client::with_namespace;
-use sha2::{Digest, Sha256};
+use shim_container::request::sha256_digest;
 use shim_container::rootfs::RootfsMount;
 use shim_container::LayerFile;
 use shim_image::layers::{self, LayerError, MAX_MANIFEST_BYTES};
@@ -208,12 +208,7 @@ fn is_stored(path: &Path, size: u64, digest: &str) -> bool {
     if !ours {
         return false;
     }
-    let content = File::open(path).and_then(|mut file| {
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher)?;
-        Ok(format!("sha256:{:x}", hasher.finalize()))
-    });
-    match content {
+    match File::open(path).and_then(sha256_digest) {
         Ok(found) if found == digest => true,
         Ok(found) => {
             log::warn!(
@@ -228,7 +223,7 @@ fn is_stored(path: &Path, size: u64, digest: &str) -> bool {
 
 /// Verifies `bytes` against `digest` and writes them atomically to `path`.
 fn save(store: &Path, path: &Path, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let actual = format!("sha256:{:x}", Sha256::digest(bytes));
+    let actual = sha256_digest(bytes)?;
     if actual != digest {
         return Err(std::io::Error::other(format!(
             "content {actual} does not match the manifest's digest"
@@ -377,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("layers");
         let bytes = b"\0asm\x01\0\0\0";
-        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let digest = sha256_digest(&bytes[..]).unwrap();
         let path = store.join("a.wasm");
         save(&store, &path, &digest, bytes).unwrap();
         assert!(is_stored(&path, bytes.len() as u64, &digest));
