@@ -14,7 +14,7 @@ use libcontainer::notify_socket::NOTIFY_FILE;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::request::CreateRequest;
+use crate::request::{CreateRequest, ExecProcess, ExecRequest, Request};
 use crate::state::{cleanup, state_root};
 use crate::{oom, spawn, Error, Stats};
 
@@ -24,24 +24,46 @@ pub struct LinuxContainer {
     id: String,
     bundle: PathBuf,
     pid: i32,
+    debug: bool,
 }
 
 impl LinuxContainer {
     /// Mounts the rootfs and creates the container; the guest is compiled and
     /// linked, and waits for [`LinuxContainer::start`]. `stdin` becomes the guest's stdin.
     pub fn create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<Self, Error> {
-        let pid = spawn::spawn_create(request, stdin)?;
+        let pid = spawn::spawn(&Request::Create(request.clone()), stdin)?;
         Ok(Self {
             id: request.id.clone(),
             bundle: request.bundle.clone(),
             pid,
+            debug: request.debug,
         })
     }
 
     /// Starts an exec's process in the running container; returns its host PID.
-    /// `request` carries the exec's stdio and process (see [`ExecProcess`]).
-    pub fn exec(&self, request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
-        spawn::spawn_create(request, stdin)
+    pub fn exec(&self, process: &ExecProcess, stdin: Option<OwnedFd>) -> Result<i32, Error> {
+        let request = ExecRequest {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            debug: self.debug,
+            native_allowed: self.runs_native(),
+            process: process.clone(),
+        };
+        spawn::spawn(&Request::Exec(request), stdin)
+    }
+
+    /// Whether the container's process runs a native program: the executor
+    /// names a wasm container's process `wasm-container` before `create`
+    /// returns, and it never `execve`s, so it keeps that name (a guest
+    /// cannot change it); a native one is renamed then and again by its
+    /// program. Its executable would not do: a native container's process
+    /// is still the shim's from `start` until it `execve`s. A process that
+    /// is gone gets the narrower answer.
+    pub fn runs_native(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/comm", self.pid)) {
+            Ok(comm) => crate::WASM_PROCESS_NAME.to_str() != Ok(comm.trim_end()),
+            Err(_) => false,
+        }
     }
 
     /// The host PID of the container's init process (the guest).
@@ -112,10 +134,17 @@ impl LinuxContainer {
                 .kill(signal, true)
                 .map_err(|e| Error::runtime("cannot signal the container's processes", e));
         }
-        match kill(Pid::from_raw(self.pid), signal) {
+        self.signal(self.pid, signal as i32)
+    }
+
+    /// Sends `signal` to one process of the container (its init or an
+    /// exec's) by host PID; one that is gone is [`Error::NotRunning`].
+    pub fn signal(&self, pid: i32, signal: i32) -> Result<(), Error> {
+        let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
+        match kill(Pid::from_raw(pid), signal) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::ESRCH) => Err(Error::NotRunning),
-            Err(e) => Err(Error::runtime("cannot signal the container", e)),
+            Err(e) => Err(Error::runtime("cannot signal the process", e)),
         }
     }
 

@@ -28,7 +28,9 @@ use crate::confinement::Confinement;
 use crate::diagnose::{describe, explain, without_cleanup_complaint};
 use crate::executor::WasmExecutor;
 use crate::process::{open_shim_log, reap_children};
-use crate::request::{sha256_digest, CreateRequest, CreateResponse, ExecProcess, LayerFile};
+use crate::request::{
+    sha256_digest, CreateRequest, CreateResponse, ExecRequest, LayerFile, Outputs, Request,
+};
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
 use crate::settings::{cache_limit, cache_root};
 use crate::state::{cleanup_state, state_root};
@@ -55,11 +57,11 @@ pub(crate) fn warm_up() {
 
 /// Helper side, in a child of the zygote: what the exec'd helper's `main`
 /// does, with the guest's stdin passed as a descriptor.
-pub(crate) fn run_in_child(request: &CreateRequest, stdin: OwnedFd) -> CreateResponse {
+pub(crate) fn run_in_child(request: &Request, stdin: OwnedFd) -> CreateResponse {
     let ready = nix::unistd::dup2(stdin.as_raw_fd(), 0)
         .map_err(|e| format!("cannot set up stdin: {e}"))
         .and_then(|_| {
-            std::env::set_current_dir(&request.bundle)
+            std::env::set_current_dir(request.bundle())
                 .map_err(|e| format!("cannot enter the bundle: {e}"))
         });
     drop(stdin);
@@ -73,7 +75,7 @@ pub(crate) fn run_in_child(request: &CreateRequest, stdin: OwnedFd) -> CreateRes
 pub fn main(args: &[String]) -> i32 {
     let response = match args
         .first()
-        .map(|json| serde_json::from_str::<CreateRequest>(json))
+        .map(|json| serde_json::from_str::<Request>(json))
     {
         Some(Ok(request)) => match create(&request) {
             Ok(pid) => CreateResponse::Created { pid },
@@ -92,19 +94,28 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-fn create(request: &CreateRequest) -> Result<i32, String> {
+fn create(request: &Request) -> Result<i32, String> {
     request.check_ids()?;
     // Forked before anything else: it opens the shim log itself.
     let code = crate::code::spawn(cache_config(request), WARM_ENGINE.get()).map(Arc::new);
-    open_shim_log(request.debug, &request.id);
-    if let Some(exec) = &request.exec {
-        return build_exec(request, exec, code);
+    open_shim_log(request.debug(), request.id());
+    match request {
+        Request::Create(create) => build_container(create, code),
+        Request::Exec(exec) => build_exec(exec, code),
     }
+}
+
+/// A container: mount its root, build it; on failure leave nothing behind
+/// and explain.
+fn build_container(
+    request: &CreateRequest,
+    code: Option<Arc<crate::code::RemoteCache>>,
+) -> Result<i32, String> {
     let began = std::time::Instant::now();
     adapt_spec(&request.bundle, request.layer.as_ref())?;
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let mounted = began.elapsed();
-    let result = build(request, code);
+    let result = build_init(request, code);
     log::debug!(
         "{}: create took {:.1} ms (rootfs {:.1} ms, libcontainer and the guest's preparation {:.1} ms)",
         request.id,
@@ -192,11 +203,17 @@ fn adapt_spec(bundle: &Path, layer: Option<&LayerFile>) -> Result<(), String> {
     save(&spec)
 }
 
-fn builder(request: &CreateRequest, executor: WasmExecutor) -> Result<ContainerBuilder, String> {
-    let [stdin, stdout, stderr] = stdio(request)?;
+/// libcontainer's builder for container `id` of `bundle`, with the guest's stdio.
+fn builder(
+    id: &str,
+    bundle: &Path,
+    outputs: &Outputs,
+    executor: WasmExecutor,
+) -> Result<ContainerBuilder, String> {
+    let [stdin, stdout, stderr] = stdio(outputs)?;
     Ok(
-        ContainerBuilder::new(request.id.clone(), SyscallType::default())
-            .with_root_path(state_root(&request.bundle))
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(state_root(bundle))
             .map_err(|e| e.to_string())?
             .with_executor(executor)
             .with_stdin(stdin)
@@ -224,10 +241,10 @@ fn executor(
 /// container's root, or a native one in a native container). Nothing of the
 /// container is touched when it fails.
 fn build_exec(
-    request: &CreateRequest,
-    exec: &ExecProcess,
+    request: &ExecRequest,
     code: Option<Arc<crate::code::RemoteCache>>,
 ) -> Result<i32, String> {
+    let exec = &request.process;
     let shown = format!("exec {:?} in container {}", exec.exec_id, request.id);
     let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json"))
         .map_err(|e| format!("{shown}: cannot read the runtime spec: {e}"))?;
@@ -242,7 +259,7 @@ fn build_exec(
     // limit caps the exec's linear memories as it caps the container's.
     executor.memory_limit = shim_image::memory_limit(&spec);
     executor.exec = Some(crate::executor::ExecKind {
-        native_allowed: exec.native_allowed,
+        native_allowed: request.native_allowed,
     });
     // libcontainer names each tenant's notify socket at random in the
     // container's state directory and leaves it there; execs of one container
@@ -255,14 +272,15 @@ fn build_exec(
         .map_err(std::io::Error::other)
         .and_then(|json| std::fs::write(&staged, json))
         .map_err(|e| format!("{shown}: cannot stage its process: {e}"))?;
-    let built = builder(request, executor).and_then(|builder| {
-        builder
-            .as_tenant()
-            .with_process(Some(&staged))
-            .with_detach(true)
-            .build()
-            .map_err(|e| describe(&e))
-    });
+    let built =
+        builder(&request.id, &request.bundle, &exec.outputs, executor).and_then(|builder| {
+            builder
+                .as_tenant()
+                .with_process(Some(&staged))
+                .with_detach(true)
+                .build()
+                .map_err(|e| describe(&e))
+        });
     let _ = std::fs::remove_file(&staged);
     remove_tenant_sockets(&state);
     built.map(|pid| pid.as_raw())
@@ -323,7 +341,8 @@ fn remove_tenant_sockets(dir: &Path) {
     }
 }
 
-fn build(
+/// The container's init, with seccomp and capabilities left to the executor.
+fn build_init(
     request: &CreateRequest,
     code: Option<Arc<crate::code::RemoteCache>>,
 ) -> Result<i32, String> {
@@ -336,7 +355,7 @@ fn build(
     save_spec(&request.bundle, &spec)?;
     let executor = executor(request.layer.as_ref(), code, confinement.clone());
     let built = executor.and_then(|executor| {
-        builder(request, executor)?
+        builder(&request.id, &request.bundle, &request.outputs, executor)?
             .as_init(&request.bundle)
             .with_systemd(request.systemd_cgroup)
             .with_detach(true)
@@ -353,12 +372,12 @@ fn build(
 }
 
 /// The node's cache, for the code server; `None` when it is off.
-fn cache_config(request: &CreateRequest) -> Option<crate::code::CacheConfig> {
+fn cache_config(request: &Request) -> Option<crate::code::CacheConfig> {
     Some(crate::code::CacheConfig {
         root: cache_root()?,
         limit: cache_limit(),
-        id: request.id.clone(),
-        debug: request.debug,
+        id: request.id().to_string(),
+        debug: request.debug(),
     })
 }
 

@@ -46,5 +46,5 @@ pub use container::LinuxContainer;
 pub use error::Error;
 pub use libcgroups::stats::Stats;
 pub use process::{NATIVE_PROCESS_NAME, WASM_PROCESS_NAME};
-pub use request::{CreateRequest, ExecProcess, LayerFile};
+pub use request::{CreateRequest, ExecProcess, LayerFile, Outputs};
 pub use state::cleanup;

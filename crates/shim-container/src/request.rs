@@ -9,48 +9,98 @@ use serde::{Deserialize, Serialize};
 use crate::rootfs::RootfsMount;
 use crate::Error;
 
+/// What the shim asks a create helper for: a container, or a process in one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Create(CreateRequest),
+    Exec(ExecRequest),
+}
+
+/// Where a process's stdout and stderr go: containerd's fifos (or a
+/// `file://` log URI); `None` discards the stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outputs {
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+}
+
+/// A new container from an OCI bundle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateRequest {
     pub id: String,
     pub bundle: PathBuf,
     pub rootfs: Vec<RootfsMount>,
-    /// containerd's stdout/stderr fifos; `None` discards the stream.
-    pub stdout: Option<PathBuf>,
-    pub stderr: Option<PathBuf>,
+    pub outputs: Outputs,
     pub systemd_cgroup: bool,
     pub debug: bool,
     /// The guest when it is a wasm layer of the image rather than a file of
     /// the root (see `shim_image::layers`).
     #[serde(default)]
     pub layer: Option<LayerFile>,
-    /// Set for an exec: a new process in the running container `id`.
-    #[serde(default)]
-    pub exec: Option<ExecProcess>,
 }
 
-impl CreateRequest {
-    /// The ids name paths (state directories, staged files): each must be
-    /// a containerd identifier, one path component.
-    pub fn check_ids(&self) -> Result<(), String> {
-        shim_image::validate_id("task", &self.id).map_err(|e| format!("invalid id: {e}"))?;
-        if let Some(exec) = &self.exec {
-            shim_image::validate_id("exec", &exec.exec_id)
-                .map_err(|e| format!("invalid id: {e}"))?;
-        }
-        Ok(())
-    }
+/// A new process in the running container `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub debug: bool,
+    /// Whether the container runs a native program (a sidecar, a pause
+    /// container): only then may an exec run one. In a wasm container an
+    /// exec runs WebAssembly only, whatever the guest wrote to its root.
+    pub native_allowed: bool,
+    pub process: ExecProcess,
 }
 
-/// An exec's process: its OCI `Process` (JSON, as containerd sends it).
+/// An exec's process as containerd asks for it: its OCI `Process` (JSON)
+/// and its outputs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecProcess {
     pub exec_id: String,
     pub process: serde_json::Value,
-    /// Whether the container runs a native program (a sidecar, a pause
-    /// container): only then may an exec run one. In a wasm container an
-    /// exec runs WebAssembly only, whatever the guest wrote to its root.
-    #[serde(default)]
-    pub native_allowed: bool,
+    pub outputs: Outputs,
+}
+
+impl Request {
+    /// The container the request is for.
+    pub fn id(&self) -> &str {
+        match self {
+            Request::Create(create) => &create.id,
+            Request::Exec(exec) => &exec.id,
+        }
+    }
+
+    pub fn bundle(&self) -> &std::path::Path {
+        match self {
+            Request::Create(create) => &create.bundle,
+            Request::Exec(exec) => &exec.bundle,
+        }
+    }
+
+    pub fn debug(&self) -> bool {
+        match self {
+            Request::Create(create) => create.debug,
+            Request::Exec(exec) => exec.debug,
+        }
+    }
+
+    pub fn outputs(&self) -> &Outputs {
+        match self {
+            Request::Create(create) => &create.outputs,
+            Request::Exec(exec) => &exec.process.outputs,
+        }
+    }
+
+    /// The ids name paths (state directories, staged files): each must be
+    /// a containerd identifier, one path component.
+    pub fn check_ids(&self) -> Result<(), String> {
+        shim_image::validate_id("task", self.id()).map_err(|e| format!("invalid id: {e}"))?;
+        if let Request::Exec(exec) = self {
+            shim_image::validate_id("exec", &exec.process.exec_id)
+                .map_err(|e| format!("invalid id: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// A wasm layer stored on the host, to run instead of an entrypoint file.

@@ -10,12 +10,12 @@ use std::process::{Command, Stdio};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::helper::HELPER_ARG;
-use crate::request::{parse_response, CreateRequest};
+use crate::request::{parse_response, Request};
 use crate::Error;
 
 /// Shim side: has the pod's zygote fork a helper (or, without a zygote,
 /// runs the helper binary) and returns the container init's host PID.
-pub(crate) fn spawn_create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<i32, Error> {
+pub(crate) fn spawn(request: &Request, stdin: Option<OwnedFd>) -> Result<i32, Error> {
     request.check_ids().map_err(Error::Create)?;
     if let Some(result) = through_zygote(request, &stdin) {
         return result;
@@ -25,7 +25,7 @@ pub(crate) fn spawn_create(request: &CreateRequest, stdin: Option<OwnedFd>) -> R
     let mut child = Command::new("/proc/self/exe")
         .arg(HELPER_ARG)
         .arg(json)
-        .current_dir(&request.bundle)
+        .current_dir(request.bundle())
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -44,7 +44,7 @@ pub(crate) fn spawn_create(request: &CreateRequest, stdin: Option<OwnedFd>) -> R
 
 /// Shim side: has the zygote fork a create helper for `request`; `None` if
 /// there is no zygote (the caller then executes the helper itself).
-fn through_zygote(request: &CreateRequest, stdin: &Option<OwnedFd>) -> Option<Result<i32, Error>> {
+fn through_zygote(request: &Request, stdin: &Option<OwnedFd>) -> Option<Result<i32, Error>> {
     let zygote = crate::zygote::socket()?;
     let json = serde_json::to_vec(request).ok()?;
     let stdin = match stdin {

@@ -6,18 +6,18 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::request::CreateRequest;
+use crate::request::Outputs;
 
 /// The guest's stdio: the helper's stdin and containerd's output fifos.
-pub(crate) fn stdio(request: &CreateRequest) -> Result<[OwnedFd; 3], String> {
+pub(crate) fn stdio(outputs: &Outputs) -> Result<[OwnedFd; 3], String> {
     let stdin = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| format!("cannot duplicate stdin: {e}"))?;
     let stdout =
-        open_output(request.stdout.as_deref()).map_err(|e| format!("cannot open stdout: {e}"))?;
+        open_output(outputs.stdout.as_deref()).map_err(|e| format!("cannot open stdout: {e}"))?;
     let stderr =
-        open_output(request.stderr.as_deref()).map_err(|e| format!("cannot open stderr: {e}"))?;
+        open_output(outputs.stderr.as_deref()).map_err(|e| format!("cannot open stderr: {e}"))?;
     Ok([stdin, stdout, stderr])
 }
 

@@ -16,7 +16,7 @@
 //! runtime or logger exist.
 //!
 //! Protocol: the shim sends one `SOCK_SEQPACKET` message per create, the JSON
-//! [`CreateRequest`] with two descriptors: the guest's stdin and the write
+//! [`Request`] with two descriptors: the guest's stdin and the write
 //! end of a reply socket. The zygote forks; the child is the create helper
 //! (see [`crate::helper`]) and writes its JSON answer to the reply socket.
 //! The container's init, cloned by that child, is re-parented to the shim
@@ -33,7 +33,7 @@ use nix::sys::socket::{
 
 use crate::helper;
 use crate::process::{close_other_descriptors, remember_reply, set_name, stdio_to_null};
-use crate::request::{CreateRequest, CreateResponse};
+use crate::request::{CreateResponse, Request};
 
 /// The largest create request: a JSON spec of mounts and paths, far below this.
 const MAX_REQUEST: usize = 1 << 20;
@@ -135,7 +135,7 @@ fn serve(socket: OwnedFd) -> ! {
         let request = if truncated {
             Err("the create request is too large".to_string())
         } else {
-            serde_json::from_slice::<CreateRequest>(&buffer[..len]).map_err(|e| e.to_string())
+            serde_json::from_slice::<Request>(&buffer[..len]).map_err(|e| e.to_string())
         };
         // SAFETY: single-threaded; the child runs the helper and exits.
         match unsafe { nix::unistd::fork() } {

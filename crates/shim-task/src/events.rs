@@ -22,6 +22,12 @@ const EVENT_PATIENCE: Duration = Duration::from_secs(30);
 /// The environment variable containerd sets to its ttrpc address for shims.
 const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
 
+/// Where the task service's events go: containerd ([`Publisher`]), or a
+/// recorder in unit tests.
+pub trait EventSink: Send + Sync + 'static {
+    fn publish(&self, event: Box<dyn Event + Send>);
+}
+
 #[derive(Clone)]
 pub struct Publisher {
     queue: Sender<(Instant, Box<dyn Event + Send>)>,
@@ -73,8 +79,10 @@ impl Publisher {
             .expect("spawn the event publisher");
         Self { queue }
     }
+}
 
-    pub fn publish(&self, event: impl Event + Send + 'static) {
-        let _ = self.queue.send((Instant::now(), Box::new(event)));
+impl EventSink for Publisher {
+    fn publish(&self, event: Box<dyn Event + Send>) {
+        let _ = self.queue.send((Instant::now(), event));
     }
 }

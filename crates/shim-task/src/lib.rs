@@ -10,6 +10,7 @@ pub mod events;
 pub mod layers;
 pub mod lifecycle;
 pub mod options;
+pub mod runtime;
 pub mod service;
 pub mod stats;
 pub mod stdin;
@@ -29,9 +30,6 @@ pub use service::TaskService;
 
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
-
-/// Exit status reported for a task whose shim died (SIGKILL), as runc's shim does.
-const CRASHED_EXIT_STATUS: u32 = 128 + 9;
 
 /// The `-info` answer containerd 2.x asks for before it uses a runtime: a
 /// `containerd.types.RuntimeInfo` protobuf with this shim's name and version.
@@ -226,7 +224,7 @@ impl Shim for WasmtimeShim {
             }
         }
         Ok(DeleteResponse {
-            exit_status: CRASHED_EXIT_STATUS,
+            exit_status: lifecycle::KILLED_EXIT_STATUS,
             exited_at: MessageField::some(Timestamp::from(SystemTime::now())),
             ..Default::default()
         })

@@ -6,6 +6,11 @@
 
 use std::time::SystemTime;
 
+/// The exit status of a process killed by SIGKILL (128 + 9): a task
+/// deleted before it ran, an exec that dies with its container, a task
+/// whose shim died (as runc's shim reports them).
+pub const KILLED_EXIT_STATUS: u32 = 128 + 9;
+
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -45,7 +50,7 @@ impl Phase {
             (Stopped { code, at }, Delete) => Ok(Deleted { code, at }),
             // Deleting a task that never ran kills it (as runc does); its status is SIGKILL's.
             (Created, Delete) => Ok(Deleted {
-                code: 128 + 9,
+                code: KILLED_EXIT_STATUS,
                 at: SystemTime::now(),
             }),
             (state, transition) => Err(InvalidTransition {
