@@ -56,16 +56,6 @@ impl Confinement {
         }
     }
 
-    /// Puts what [`Confinement::take_from_spec`] took back into `spec`.
-    pub fn restore_into(&self, spec: &mut Spec) {
-        if let Some(linux) = spec.linux_mut().as_mut() {
-            linux.set_seccomp(self.seccomp.clone());
-        }
-        if let Some(process) = spec.process_mut().as_mut() {
-            process.set_capabilities(self.capabilities.clone());
-        }
-    }
-
     /// Installs the filter and drops the capabilities, in runc's order.
     /// Called once per process, after libcontainer's set-up, before the
     /// guest (or the native program) runs.
@@ -107,7 +97,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seccomp_and_capabilities_move_out_of_the_spec_and_back() {
+    fn seccomp_and_capabilities_move_out_of_the_spec() {
         let mut spec: Spec = serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {
@@ -129,7 +119,7 @@ mod tests {
             stripped["process"].get("capabilities").is_none(),
             "{stripped}"
         );
-        confinement.restore_into(&mut spec);
-        assert_eq!(serde_json::to_value(&spec).unwrap(), original);
+        assert_eq!(stripped["linux"]["seccomp"], serde_json::Value::Null);
+        assert_ne!(stripped, original);
     }
 }

@@ -24,6 +24,7 @@ use libcontainer::syscall::syscall::SyscallType;
 
 use oci_spec::runtime::Spec;
 
+use crate::bundle::Bundle;
 use crate::confinement::Confinement;
 use crate::diagnose::{describe, explain, without_cleanup_complaint};
 use crate::executor::WasmExecutor;
@@ -33,7 +34,7 @@ use crate::request::{
 };
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
 use crate::settings::{cache_limit, cache_root};
-use crate::state::{cleanup_state, state_root};
+use crate::state::{cleanup_state, staged_bundle, state_root};
 use crate::stdio::stdio;
 
 /// The first argument that turns the shim binary into the create helper.
@@ -112,10 +113,12 @@ fn build_container(
     code: Option<Arc<crate::code::RemoteCache>>,
 ) -> Result<i32, String> {
     let began = std::time::Instant::now();
-    adapt_spec(&request.bundle, request.layer.as_ref())?;
+    let bundle = Bundle::load(&request.bundle)?;
+    let mut spec = bundle.spec().clone();
+    adapt_spec(&mut spec, request.layer.as_ref());
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let mounted = began.elapsed();
-    let result = build_init(request, code);
+    let result = build_init(request, &bundle, spec, code);
     log::debug!(
         "{}: create took {:.1} ms (rootfs {:.1} ms, libcontainer and the guest's preparation {:.1} ms)",
         request.id,
@@ -144,8 +147,7 @@ fn build_container(
         if let Err(e) = unmount_rootfs(&request.bundle) {
             log::warn!("{}: cleanup after a failed create: {e}", request.id);
         }
-        let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json")).ok();
-        return Err(explain(error, spec.as_ref(), &exits));
+        return Err(explain(error, Some(bundle.spec()), &exits));
     }
     result
 }
@@ -162,17 +164,15 @@ fn build_container(
 /// A wasm layer run without a command (an OCI artifact has none) gets the
 /// layer's name as `process.args`: libcontainer's init refuses to run a
 /// process without arguments.
-fn adapt_spec(bundle: &Path, layer: Option<&LayerFile>) -> Result<(), String> {
+///
+/// Changes what libcontainer is given (see [`Bundle::stage`]), never containerd's file.
+fn adapt_spec(spec: &mut Spec, layer: Option<&LayerFile>) {
     use libcgroups::common::{get_cgroup_setup, CgroupSetup};
     use oci_spec::runtime::LinuxNamespaceType;
-    let path = bundle.join("config.json");
-    let mut spec = Spec::load(&path).map_err(|e| format!("cannot read the runtime spec: {e}"))?;
-    let save = |spec: &Spec| save_spec(bundle, spec);
     if let (Some(layer), Some(process)) = (layer, spec.process_mut().as_mut()) {
         if process.args().as_ref().is_none_or(|args| args.is_empty()) {
             log::debug!("no command: the wasm layer runs as {:?}", layer.name);
             process.set_args(Some(vec![layer.name.clone()]));
-            save(&spec)?;
         }
     }
     let joins_pid_namespace = spec
@@ -185,22 +185,21 @@ fn adapt_spec(bundle: &Path, layer: Option<&LayerFile>) -> Result<(), String> {
                 .any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_some())
         });
     if !joins_pid_namespace || matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified)) {
-        return Ok(());
+        return;
     }
     let Some(mounts) = spec.mounts().clone() else {
-        return Ok(());
+        return;
     };
     let (cgroup, kept): (Vec<_>, Vec<_>) = mounts
         .into_iter()
         .partition(|m| m.typ().as_deref() == Some("cgroup"));
     if cgroup.is_empty() {
-        return Ok(());
+        return;
     }
     log::info!(
         "the container shares its pod's PID namespace on cgroup v1: no /sys/fs/cgroup mount"
     );
     spec.set_mounts(Some(kept));
-    save(&spec)
 }
 
 /// libcontainer's builder for container `id` of `bundle`, with the guest's stdio.
@@ -246,8 +245,8 @@ fn build_exec(
 ) -> Result<i32, String> {
     let exec = &request.process;
     let shown = format!("exec {:?} in container {}", exec.exec_id, request.id);
-    let spec = oci_spec::runtime::Spec::load(request.bundle.join("config.json"))
-        .map_err(|e| format!("{shown}: cannot read the runtime spec: {e}"))?;
+    let bundle = Bundle::load(&request.bundle).map_err(|e| format!("{shown}: {e}"))?;
+    let spec = bundle.spec();
     // The exec runs under the container's filter and its own capabilities,
     // applied by the executor: libcontainer's tenant builder drops the filter.
     let mut process: oci_spec::runtime::Process = serde_json::from_value(exec.process.clone())
@@ -257,7 +256,7 @@ fn build_exec(
     let mut executor = executor(None, code, confinement)?;
     // The tenant's spec keeps no `linux.resources`: the container's memory
     // limit caps the exec's linear memories as it caps the container's.
-    executor.memory_limit = shim_image::memory_limit(&spec);
+    executor.memory_limit = shim_image::memory_limit(spec);
     executor.exec = Some(crate::executor::ExecKind {
         native_allowed: request.native_allowed,
     });
@@ -344,27 +343,22 @@ fn remove_tenant_sockets(dir: &Path) {
 /// The container's init, with seccomp and capabilities left to the executor.
 fn build_init(
     request: &CreateRequest,
+    bundle: &Bundle,
+    mut spec: Spec,
     code: Option<Arc<crate::code::RemoteCache>>,
 ) -> Result<i32, String> {
     // libcontainer sees the spec without seccomp and capabilities (the
-    // executor applies them, see `confinement`); containerd's file is put
-    // back as it was once the container's process has them.
-    let path = request.bundle.join("config.json");
-    let mut spec = Spec::load(&path).map_err(|e| format!("cannot read the runtime spec: {e}"))?;
+    // executor applies them, see `confinement`), in a private bundle.
     let confinement = Confinement::take_from_spec(&mut spec);
-    save_spec(&request.bundle, &spec)?;
-    let executor = executor(request.layer.as_ref(), code, confinement.clone());
-    let built = executor.and_then(|executor| {
-        builder(&request.id, &request.bundle, &request.outputs, executor)?
-            .as_init(&request.bundle)
-            .with_systemd(request.systemd_cgroup)
-            .with_detach(true)
-            .build()
-            .map_err(|e| describe(&e))
-    });
-    confinement.restore_into(&mut spec);
-    save_spec(&request.bundle, &spec)?;
-    let container = built?;
+    let staged = staged_bundle(&request.bundle, &request.id);
+    bundle.stage(&staged, &spec)?;
+    let executor = executor(request.layer.as_ref(), code, confinement)?;
+    let container = builder(&request.id, &request.bundle, &request.outputs, executor)?
+        .as_init(&staged)
+        .with_systemd(request.systemd_cgroup)
+        .with_detach(true)
+        .build()
+        .map_err(|e| describe(&e))?;
     container
         .pid()
         .map(|pid| pid.as_raw())
@@ -412,32 +406,20 @@ fn open_layer(layer: Option<&LayerFile>) -> Result<Option<(File, LayerFile)>, St
     Ok(Some((copy, layer.clone())))
 }
 
-/// Writes `spec` as the bundle's config.json (staged, then renamed).
-fn save_spec(bundle: &Path, spec: &Spec) -> Result<(), String> {
-    let staged = bundle.join(".config.json.wasmtime");
-    spec.save(&staged)
-        .and_then(|()| std::fs::rename(&staged, bundle.join("config.json")).map_err(Into::into))
-        .map_err(|e| format!("cannot rewrite the runtime spec: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{ProcessBuilder, Spec, SpecBuilder};
+    use oci_spec::runtime::{ProcessBuilder, SpecBuilder};
 
-    fn bundle_with_args(args: &[&str]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
+    fn spec_with_args(args: &[&str]) -> Spec {
         let process = ProcessBuilder::default()
             .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .build()
             .unwrap();
-        let spec = SpecBuilder::default().process(process).build().unwrap();
-        spec.save(dir.path().join("config.json")).unwrap();
-        dir
+        SpecBuilder::default().process(process).build().unwrap()
     }
 
-    fn args(bundle: &Path) -> Vec<String> {
-        let spec = Spec::load(bundle.join("config.json")).unwrap();
+    fn args(spec: &Spec) -> Vec<String> {
         spec.process()
             .as_ref()
             .unwrap()
@@ -454,21 +436,14 @@ mod tests {
             name: "hello.wasm".into(),
             digest: None,
         };
-        let bundle = bundle_with_args(&[]);
-        adapt_spec(bundle.path(), Some(&layer)).unwrap();
-        assert_eq!(args(bundle.path()), ["hello.wasm"]);
-        let bundle = bundle_with_args(&["hi", "x"]);
-        adapt_spec(bundle.path(), Some(&layer)).unwrap();
-        assert_eq!(
-            args(bundle.path()),
-            ["hi", "x"],
-            "a given command is argv as it is"
-        );
-        let bundle = bundle_with_args(&[]);
-        adapt_spec(bundle.path(), None).unwrap();
-        assert!(
-            args(bundle.path()).is_empty(),
-            "only a layer gets a default"
-        );
+        let mut spec = spec_with_args(&[]);
+        adapt_spec(&mut spec, Some(&layer));
+        assert_eq!(args(&spec), ["hello.wasm"]);
+        let mut spec = spec_with_args(&["hi", "x"]);
+        adapt_spec(&mut spec, Some(&layer));
+        assert_eq!(args(&spec), ["hi", "x"], "a given command is argv as it is");
+        let mut spec = spec_with_args(&[]);
+        adapt_spec(&mut spec, None);
+        assert!(args(&spec).is_empty(), "only a layer gets a default");
     }
 }

@@ -18,12 +18,14 @@
 //!   libcontainer's set-up: [`confinement`] (seccomp, capabilities),
 //!   [`guest_view`] (what the guest can reach);
 //! - shared: [`process`] (names, descriptors, children, log), [`settings`],
-//!   [`state`] (libcontainer's state and cleanup), [`rootfs`], [`oom`].
+//!   [`state`] (libcontainer's state and cleanup), [`bundle`] (the one
+//!   reader of `config.json`), [`rootfs`], [`oom`].
 //!
 //! The modules depend on each other in that order and never back: no cycle.
 //! libcontainer keeps its state under `<bundle>/libcontainer/<id>`, so it is
 //! private to the bundle and goes away with it.
 
+pub mod bundle;
 pub mod code;
 pub mod confinement;
 pub mod container;
@@ -42,6 +44,7 @@ pub mod state;
 pub mod stdio;
 pub mod zygote;
 
+pub use bundle::Bundle;
 pub use container::LinuxContainer;
 pub use error::Error;
 pub use libcgroups::stats::Stats;

@@ -13,6 +13,12 @@ pub(crate) fn state_root(bundle: &Path) -> PathBuf {
     bundle.join("libcontainer")
 }
 
+/// The private bundle libcontainer builds container `id` from
+/// ([`crate::bundle::Bundle::stage`]): containerd's is never written.
+pub(crate) fn staged_bundle(bundle: &Path, id: &str) -> PathBuf {
+    state_root(bundle).join(format!(".{id}.bundle"))
+}
+
 /// Kills what is left of container `id`, removes its cgroup and state, and
 /// unmounts its rootfs. Safe to call again, and after a shim crash (the
 /// `delete` action of the shim binary calls it).
@@ -55,6 +61,13 @@ fn try_cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
                 .map_err(|e| Error::runtime("cannot remove container state", e))?,
         }
     }
+    // The spec libcontainer was given (`Bundle::stage`), once its hooks are done.
+    match std::fs::remove_dir_all(staged_bundle(bundle, id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::runtime("cannot remove container state", e))
+        }
+        _ => {}
+    }
     // A create that failed half-way can leave the cgroup without any state
     // that points to it; the spec still names it.
     remove_spec_cgroup(bundle, id)?;
@@ -68,10 +81,10 @@ fn try_cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
 
 /// Kills whatever is in the cgroup the bundle's spec names and removes it.
 fn remove_spec_cgroup(bundle: &Path, id: &str) -> Result<(), Error> {
-    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+    let Ok(bundle) = crate::bundle::Bundle::load(bundle) else {
         return Ok(()); // no spec, so nothing was created from it
     };
-    let Some(linux) = spec.linux() else {
+    let Some(linux) = bundle.spec().linux() else {
         return Ok(());
     };
     let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);

@@ -32,28 +32,18 @@ pub struct ContainerdApi {
 }
 
 /// Whether the container's root will be empty: no rootfs mounts and an empty
-/// root directory (the spec's `root.path`, usually the bundle's `rootfs`), or
-/// a single bind mount of an empty directory (what the overlayfs and native
+/// root directory (the spec's, `shim_container::Bundle::root`), or a single
+/// bind mount of an empty directory (what the overlayfs and native
 /// snapshotters give for an image with no tar layers).
-pub fn root_is_empty(bundle: &Path, rootfs: &[RootfsMount]) -> bool {
+pub fn root_is_empty(root: &Path, rootfs: &[RootfsMount]) -> bool {
     let empty = |dir: &Path| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
     match rootfs {
-        [] => empty(&spec_root(bundle)),
+        [] => empty(root),
         [mount] if mount.kind == "bind" || mount.options.iter().any(|o| o.ends_with("bind")) => {
             empty(Path::new(&mount.source))
         }
         _ => false,
     }
-}
-
-/// The root directory the bundle's spec names: `root.path`, relative to the
-/// bundle unless absolute (a spec given whole, as `ctr run --config` does,
-/// may name any directory); `<bundle>/rootfs` when the spec says nothing.
-fn spec_root(bundle: &Path) -> PathBuf {
-    oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .ok()
-        .and_then(|spec| spec.root().as_ref().map(|root| bundle.join(root.path())))
-        .unwrap_or_else(|| bundle.join("rootfs"))
 }
 
 impl ContainerdApi {
@@ -329,42 +319,28 @@ mod tests {
     fn only_an_empty_root_is_looked_up_in_containerd() {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path();
-        fs::create_dir(bundle.join("rootfs")).unwrap();
+        let root = bundle.join("rootfs");
+        fs::create_dir(&root).unwrap();
         assert!(
-            root_is_empty(bundle, &[]),
+            root_is_empty(&root, &[]),
             "a prepared rootfs with nothing in it"
         );
         let snapshot = bundle.join("snapshot");
         fs::create_dir(&snapshot).unwrap();
         let bind = [mount("bind", &snapshot, &["rbind", "rw"])];
         assert!(
-            root_is_empty(bundle, &bind),
+            root_is_empty(&root, &bind),
             "overlayfs' mount of an image without tars"
         );
         fs::write(snapshot.join("app.wasm"), b"\0asm").unwrap();
         assert!(
-            !root_is_empty(bundle, &bind),
+            !root_is_empty(&root, &bind),
             "the native snapshotter's full root"
         );
         let overlay = [mount("overlay", Path::new("overlay"), &["lowerdir=/a"])];
-        assert!(!root_is_empty(bundle, &overlay), "an unpacked image");
-        fs::write(bundle.join("rootfs/app.wasm"), b"\0asm").unwrap();
-        assert!(!root_is_empty(bundle, &[]));
-        // A spec given whole (`ctr run --config`) names its own root.
-        let elsewhere = dir.path().join("elsewhere");
-        fs::create_dir(&elsewhere).unwrap();
-        let root = oci_spec::runtime::RootBuilder::default()
-            .path(&elsewhere)
-            .build()
-            .unwrap();
-        let spec = oci_spec::runtime::SpecBuilder::default()
-            .root(root)
-            .build()
-            .unwrap();
-        spec.save(bundle.join("config.json")).unwrap();
-        assert!(root_is_empty(bundle, &[]), "its root is empty");
-        fs::write(elsewhere.join("app.wasm"), b"\0asm").unwrap();
-        assert!(!root_is_empty(bundle, &[]), "its root holds the wasm");
+        assert!(!root_is_empty(&root, &overlay), "an unpacked image");
+        fs::write(root.join("app.wasm"), b"\0asm").unwrap();
+        assert!(!root_is_empty(&root, &[]));
     }
 
     #[test]

@@ -52,12 +52,10 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 /// The pod a bundle's container belongs to, if it was created through CRI.
 fn sandbox_id(bundle: &std::path::Path) -> Option<String> {
-    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok()?;
-    let id = spec
-        .annotations()
-        .as_ref()?
-        .get(SANDBOX_ID_ANNOTATION)?
-        .clone();
+    let id = shim_container::Bundle::load(bundle)
+        .ok()?
+        .annotation(SANDBOX_ID_ANNOTATION)?
+        .to_string();
     log::debug!("grouping by pod sandbox {id}");
     Some(id)
 }

@@ -5,10 +5,9 @@
 //! whose wasm is a layer rather than a file.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
 
 use shim_container::rootfs::RootfsMount;
-use shim_container::{CreateRequest, Error, ExecProcess, LayerFile, LinuxContainer, Stats};
+use shim_container::{Bundle, CreateRequest, Error, ExecProcess, LayerFile, LinuxContainer, Stats};
 
 use crate::layers::ContainerdApi;
 
@@ -21,7 +20,7 @@ pub trait Runtime: Send + Sync + 'static {
     fn wasm_layer(
         &self,
         id: &str,
-        bundle: &Path,
+        bundle: &Bundle,
         rootfs: &[RootfsMount],
     ) -> Result<Option<LayerFile>, String>;
 
@@ -65,15 +64,15 @@ impl Runtime for Linux {
     fn wasm_layer(
         &self,
         id: &str,
-        bundle: &Path,
+        bundle: &Bundle,
         rootfs: &[RootfsMount],
     ) -> Result<Option<LayerFile>, String> {
         // An image containerd could not unpack (a wasm OCI artifact) leaves
         // the root empty: its wasm is a layer in the content store.
-        if !crate::layers::root_is_empty(bundle, rootfs) {
+        if !crate::layers::root_is_empty(&bundle.root(), rootfs) {
             return Ok(None);
         }
-        let store = crate::layers::store_dir(bundle);
+        let store = crate::layers::store_dir(bundle.dir());
         self.api.wasm_layer(id, &store).map(Some)
     }
 

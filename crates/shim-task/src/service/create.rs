@@ -2,14 +2,14 @@
 //! a task. Everything that can be refused is refused before the container
 //! exists, with an error that names the container and what is wrong.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::events::task::{TaskCreate, TaskIO, TaskOOM};
 use containerd_shim::protos::protobuf::MessageField;
 use shim_container::rootfs::RootfsMount;
-use shim_container::{CreateRequest, Outputs};
+use shim_container::{Bundle, CreateRequest, Outputs};
 
 use crate::error::TaskError;
 use crate::events::EventSink;
@@ -20,18 +20,6 @@ use crate::stdin::StdinForwarder;
 use super::process::Process;
 use super::tasks::Task;
 use super::TaskService;
-
-/// `error` and its sources: oci-spec says only "serde failed" and keeps
-/// what failed (the field, the value, where) in its source.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
 
 /// containerd's fifo path, `None` when it gave none.
 pub(super) fn fifo(path: &str) -> Option<PathBuf> {
@@ -67,28 +55,15 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         let reservation = self.tasks.reserve(&id)?;
         // A spec that cannot be read fails here, with its own error, rather
         // than later with one about what it was taken to mean.
-        let spec = oci_spec::runtime::Spec::load(PathBuf::from(&req.bundle).join("config.json"))
-            .map_err(|e| {
-                invalid(format!(
-                    "its runtime spec (config.json) is not valid: {}",
-                    with_causes(&e)
-                ))
-            })?;
+        let bundle = Bundle::load(Path::new(&req.bundle)).map_err(invalid)?;
         // containerd passes `terminal` on only when its client asked for a
         // TTY itself; a spec given whole may ask in `process.terminal`.
-        let spec_terminal = spec.process().as_ref().and_then(|p| p.terminal());
-        if req.terminal || spec_terminal == Some(true) {
+        if req.terminal || bundle.terminal() {
             return Err(TaskError::Terminal { id });
         }
-        let cgroups_path = spec
-            .linux()
-            .as_ref()
-            .and_then(|linux| linux.cgroups_path().as_ref())
-            .map(|path| path.display().to_string());
         let systemd_cgroup = RuntimeOptions::from_any(req.options.as_ref())
-            .map(|options| options.systemd(cgroups_path.as_deref()))
+            .map(|options| options.systemd(bundle.cgroups_path().as_deref()))
             .map_err(invalid)?;
-        let bundle = PathBuf::from(&req.bundle);
         let rootfs: Vec<_> = req
             .rootfs
             .iter()
@@ -106,7 +81,7 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         let (stdin, guest_stdin) = forward_stdin(&id, &req.stdin)?.unzip();
         let request = CreateRequest {
             id: id.clone(),
-            bundle,
+            bundle: bundle.dir().to_path_buf(),
             rootfs,
             outputs: Outputs {
                 stdout: fifo(&req.stdout),

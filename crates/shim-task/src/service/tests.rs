@@ -4,7 +4,6 @@
 //! are forced, not hoped for. The e2e suites in test/ drive the real thing.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::ExitSignal;
 use shim_container::rootfs::RootfsMount;
-use shim_container::{CreateRequest, Error, ExecProcess, LayerFile, Stats};
+use shim_container::{Bundle, CreateRequest, Error, ExecProcess, LayerFile, Stats};
 
 use super::TaskService;
 use crate::error::TaskError;
@@ -65,7 +64,7 @@ impl Runtime for Fake {
     fn wasm_layer(
         &self,
         _: &str,
-        _: &Path,
+        _: &Bundle,
         _: &[RootfsMount],
     ) -> Result<Option<LayerFile>, String> {
         Ok(None)
