@@ -123,7 +123,7 @@ impl CodeSource for RemoteCache {
         let socket = guard
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the code server is gone"))?;
-        let wasm = shim_engine::cache::sealed_copy(&mut &bytes[..])?;
+        let wasm = shim_engine::memfd::sealed_copy(&mut &bytes[..])?;
         let kind = format!("{kind:?}");
         let credentials = UnixCredentials::new();
         sendmsg::<()>(
@@ -148,7 +148,7 @@ impl CodeSource for RemoteCache {
                     .map(File::from)
                     .ok_or_else(|| std::io::Error::other("the code server sent no code"))?;
                 // Only a sealed memfd: code nobody can change under the guest.
-                if !shim_engine::cache::is_sealed(&code) {
+                if !shim_engine::memfd::is_sealed(&code) {
                     return Err(std::io::Error::other(
                         "the code server's code is not sealed",
                     ));
@@ -271,7 +271,7 @@ fn answer(
     };
     // Mapped, not copied: a large guest would count twice against the
     // container's memory limit. Sealed, so it cannot shrink under the map.
-    if !shim_engine::cache::is_sealed(&wasm) {
+    if !shim_engine::memfd::is_sealed(&wasm) {
         return (Reply::Failed("the guest was not sent sealed".into()), None);
     }
     let bytes = match Mapped::new(&wasm) {

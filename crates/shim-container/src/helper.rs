@@ -376,7 +376,7 @@ fn open_layer(layer: Option<&LayerFile>) -> Result<Option<(File, LayerFile)>, St
         .custom_flags(libc::O_NOFOLLOW)
         .open(&layer.path)
         .map_err(|e| format!("{}: cannot open its stored wasm layer: {e}", layer.shown))?;
-    let mut copy = shim_engine::cache::sealed_copy(&mut &file).map_err(unreadable)?;
+    let mut copy = shim_engine::memfd::sealed_copy(&mut &file).map_err(unreadable)?;
     if let Some(expected) = &layer.digest {
         // The copy is what the container gets: that is what is checked.
         let found = sha256_digest(&copy).map_err(unreadable)?;

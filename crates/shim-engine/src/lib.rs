@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod http;
+pub mod memfd;
 pub mod network;
 pub mod options;
 mod wasi;

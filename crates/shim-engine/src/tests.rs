@@ -482,7 +482,7 @@ fn the_cache_hands_out_sealed_code_nobody_can_write() {
             panic!("code expected")
         };
         assert_eq!(outcome, expected);
-        assert!(cache::is_sealed(&file));
+        assert!(memfd::is_sealed(&file));
         assert!(
             (&file).write_all(b"patched").is_err(),
             "written through its fd"
