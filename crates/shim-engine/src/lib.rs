@@ -19,6 +19,7 @@ pub mod memfd;
 pub mod network;
 pub mod options;
 mod program;
+pub mod store;
 mod wasi;
 
 use std::os::fd::AsRawFd;
