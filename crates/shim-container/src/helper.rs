@@ -30,7 +30,6 @@ use crate::executor::WasmExecutor;
 use crate::process::{open_shim_log, reap_children};
 use crate::request::{sha256_digest, CreateRequest, CreateResponse, ExecProcess, LayerFile};
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
-use crate::settings::{cache_limit, cache_root};
 use crate::state::{cleanup_state, state_root};
 use crate::stdio::stdio;
 
@@ -38,13 +37,14 @@ use crate::stdio::stdio;
 pub const HELPER_ARG: &str = "container-helper";
 
 /// What the zygote prepares once for every helper it forks: one malloc
-/// arena (see the executor) and the wasmtime engine, so neither is set up
-/// again per container.
+/// arena (see the executor), the node's configuration and the wasmtime
+/// engine, so none is set up again per container.
 static WARM_ENGINE: OnceLock<shim_engine::Engine> = OnceLock::new();
 
 pub(crate) fn warm_up() {
     // SAFETY: mallopt only tunes the allocator; the zygote has one thread.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    shim_engine::NodeConfig::get();
     match shim_engine::EngineOptions::from_env().and_then(|o| shim_engine::Engine::new(&o)) {
         Ok(engine) => {
             let _ = WARM_ENGINE.set(engine);
@@ -95,7 +95,9 @@ pub fn main(args: &[String]) -> i32 {
 fn create(request: &CreateRequest) -> Result<i32, String> {
     request.check_ids()?;
     // Forked before anything else: it opens the shim log itself.
-    let code = crate::code::spawn(cache_config(request), WARM_ENGINE.get()).map(Arc::new);
+    let node = shim_engine::NodeConfig::get();
+    let code =
+        crate::code::spawn(node, &request.id, request.debug, WARM_ENGINE.get()).map(Arc::new);
     open_shim_log(request.debug, &request.id);
     if let Some(exec) = &request.exec {
         return build_exec(request, exec, code);
@@ -350,16 +352,6 @@ fn build(
         .pid()
         .map(|pid| pid.as_raw())
         .ok_or_else(|| "libcontainer created the container but reported no pid".to_string())
-}
-
-/// The node's cache, for the code server; `None` when it is off.
-fn cache_config(request: &CreateRequest) -> Option<crate::code::CacheConfig> {
-    Some(crate::code::CacheConfig {
-        root: cache_root()?,
-        limit: cache_limit(),
-        id: request.id.clone(),
-        debug: request.debug,
-    })
 }
 
 /// Copies the image's wasm layer, stored on the host, into a sealed memfd

@@ -28,11 +28,6 @@ use crate::memfd::sealed_copy;
 use crate::store::{self, check_private, Store};
 use crate::Kind;
 
-/// Where the cache lives unless configured otherwise.
-pub const DEFAULT_ROOT: &str = "/var/lib/containerd-shim-wasmtime";
-/// The default bound on the total size of the cached code.
-pub const DEFAULT_LIMIT: u64 = 2 << 30;
-
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 const ARTIFACT: &str = ".cwasm";

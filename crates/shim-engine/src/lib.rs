@@ -17,6 +17,7 @@ pub mod cache;
 pub mod http;
 pub mod memfd;
 pub mod network;
+pub mod node;
 pub mod options;
 mod program;
 pub mod store;
@@ -33,6 +34,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{Artifact, Cache, CodeSource, Outcome};
 pub use network::NetworkPolicy;
+pub use node::NodeConfig;
 pub use options::{EngineOptions, OptLevel};
 pub(crate) use program::{is_interrupt, Compiled, ComponentState, ModuleState, DEADLINE_GRACE};
 pub use program::{Exit, Program};

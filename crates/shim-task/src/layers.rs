@@ -179,7 +179,7 @@ impl ContainerdApi {
                 bytes.len(),
                 stored.display()
             );
-            evict(store, &stored, shim_container::settings::cache_limit());
+            evict(store, &stored, shim_engine::NodeConfig::get().limit);
         }
         Ok(LayerFile {
             path: stored,
@@ -306,10 +306,7 @@ fn rand_suffix() -> u64 {
 /// Where wasm layers are stored: `layers/` beside the node's code cache, or
 /// the bundle when the cache is off.
 pub fn store_dir(bundle: &Path) -> PathBuf {
-    match shim_container::settings::cache_root() {
-        Some(root) => root.join("layers"),
-        None => bundle.join("layers"),
-    }
+    shim_engine::NodeConfig::get().layers_dir(bundle)
 }
 
 #[cfg(test)]

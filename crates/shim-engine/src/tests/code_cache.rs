@@ -27,11 +27,11 @@ fn exit_code(code: i32) -> Vec<u8> {
 #[test]
 fn the_cache_compiles_once_and_later_engines_map_the_code() {
     let dir = tempfile::tempdir().unwrap();
-    let first = cached_engine(dir.path(), cache::DEFAULT_LIMIT);
+    let first = cached_engine(dir.path(), node::DEFAULT_LIMIT);
     let program = first.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
     assert_eq!(program.cache_outcome(), Some(Outcome::Compiled));
     assert_eq!(artifacts(dir.path()).len(), 1);
-    let second = cached_engine(dir.path(), cache::DEFAULT_LIMIT);
+    let second = cached_engine(dir.path(), node::DEFAULT_LIMIT);
     let program = second.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
     assert_eq!(program.cache_outcome(), Some(Outcome::Hit));
     assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(42));
@@ -55,7 +55,7 @@ fn components_are_cached_and_mapped_too() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = wasm("(component)");
     for expected in [Outcome::Compiled, Outcome::Hit] {
-        let engine = cached_engine(dir.path(), cache::DEFAULT_LIMIT);
+        let engine = cached_engine(dir.path(), node::DEFAULT_LIMIT);
         // `(component)` runs nothing, so prepare refuses it after compiling;
         // the code step itself is what is checked here.
         let (component, outcome) = engine
@@ -77,7 +77,7 @@ fn components_are_cached_and_mapped_too() {
 #[test]
 fn a_changed_artifact_is_never_loaded_and_is_compiled_afresh() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = cached_engine(dir.path(), cache::DEFAULT_LIMIT);
+    let engine = cached_engine(dir.path(), node::DEFAULT_LIMIT);
     engine.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
     let [artifact] = &artifacts(dir.path())[..] else {
         panic!("one artifact expected")
@@ -88,7 +88,7 @@ fn a_changed_artifact_is_never_loaded_and_is_compiled_afresh() {
     bytes[middle] ^= 0x55;
     std::fs::remove_file(artifact).unwrap();
     std::fs::write(artifact, &bytes).unwrap();
-    let program = cached_engine(dir.path(), cache::DEFAULT_LIMIT)
+    let program = cached_engine(dir.path(), node::DEFAULT_LIMIT)
         .prepare("/x.wasm", &wasm(EXIT_42), None)
         .unwrap();
     assert_eq!(program.cache_outcome(), Some(Outcome::Compiled));
@@ -101,11 +101,11 @@ fn a_genuine_artifact_planted_from_elsewhere_is_refused() {
     // Real wasmtime code for exit(7), tagged by another node's cache, put
     // where this node's cache keeps the code for exit(42): never loaded.
     let elsewhere = tempfile::tempdir().unwrap();
-    cached_engine(elsewhere.path(), cache::DEFAULT_LIMIT)
+    cached_engine(elsewhere.path(), node::DEFAULT_LIMIT)
         .prepare("/x.wasm", &exit_code(7), None)
         .unwrap();
     let here = tempfile::tempdir().unwrap();
-    cached_engine(here.path(), cache::DEFAULT_LIMIT)
+    cached_engine(here.path(), node::DEFAULT_LIMIT)
         .prepare("/x.wasm", &wasm(EXIT_42), None)
         .unwrap();
     let [planted] = &artifacts(elsewhere.path())[..] else {
@@ -119,7 +119,7 @@ fn a_genuine_artifact_planted_from_elsewhere_is_refused() {
         std::fs::remove_file(&to).unwrap();
         std::fs::copy(planted.with_extension(suffix), &to).unwrap();
     }
-    let program = cached_engine(here.path(), cache::DEFAULT_LIMIT)
+    let program = cached_engine(here.path(), node::DEFAULT_LIMIT)
         .prepare("/x.wasm", &wasm(EXIT_42), None)
         .unwrap();
     assert_eq!(program.cache_outcome(), Some(Outcome::Compiled));
@@ -133,7 +133,7 @@ fn concurrent_starts_of_one_binary_compile_it_once() {
         let workers: Vec<_> = (0..3)
             .map(|_| {
                 scope.spawn(|| {
-                    let engine = cached_engine(dir.path(), cache::DEFAULT_LIMIT);
+                    let engine = cached_engine(dir.path(), node::DEFAULT_LIMIT);
                     let program = engine.prepare("/x.wasm", &wasm(EXIT_42), None).unwrap();
                     assert_eq!(program.run(&Invocation::default()).unwrap(), Exit::Code(42));
                     program.cache_outcome().unwrap()
@@ -150,7 +150,7 @@ fn concurrent_starts_of_one_binary_compile_it_once() {
 #[test]
 fn engine_options_are_part_of_the_cache_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = || std::sync::Arc::new(Cache::open(dir.path(), cache::DEFAULT_LIMIT).unwrap());
+    let cache = || std::sync::Arc::new(Cache::open(dir.path(), node::DEFAULT_LIMIT).unwrap());
     let with = |options: EngineOptions| Engine::new(&options).unwrap().with_cache(cache());
     let plain = with(EngineOptions::default());
     let gc = with(EngineOptions {
@@ -183,7 +183,7 @@ fn engine_options_are_part_of_the_cache_key() {
 fn the_cache_stays_within_its_limit_dropping_the_least_recently_used() {
     let dir = tempfile::tempdir().unwrap();
     // Room for about two of these artifacts.
-    let engine = cached_engine(dir.path(), cache::DEFAULT_LIMIT);
+    let engine = cached_engine(dir.path(), node::DEFAULT_LIMIT);
     engine.prepare("/a.wasm", &exit_code(1), None).unwrap();
     let one = std::fs::metadata(&artifacts(dir.path())[0]).unwrap().len();
     let engine = cached_engine(dir.path(), 2 * one + one / 2);
@@ -206,7 +206,7 @@ fn the_cache_stays_within_its_limit_dropping_the_least_recently_used() {
 fn bad_wasm_leaves_nothing_in_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = wasm(EXIT_42);
-    let err = cached_engine(dir.path(), cache::DEFAULT_LIMIT)
+    let err = cached_engine(dir.path(), node::DEFAULT_LIMIT)
         .prepare("/t.wasm", &bytes[..bytes.len() - 5], None)
         .err()
         .unwrap();
@@ -224,7 +224,7 @@ fn a_cache_directory_others_can_write_is_refused() {
     let root = dir.path().join("cache");
     std::fs::create_dir(&root).unwrap();
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let err = Cache::open(&root, cache::DEFAULT_LIMIT).unwrap_err();
+    let err = Cache::open(&root, node::DEFAULT_LIMIT).unwrap_err();
     assert!(err.to_string().contains("writable by no one else"), "{err}");
 }
 
@@ -232,7 +232,7 @@ fn a_cache_directory_others_can_write_is_refused() {
 fn the_cache_hands_out_sealed_code_nobody_can_write() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(dir.path(), cache::DEFAULT_LIMIT).unwrap();
+    let cache = Cache::open(dir.path(), node::DEFAULT_LIMIT).unwrap();
     let engine = engine();
     for expected in [Outcome::Compiled, Outcome::Hit] {
         let Ok(Artifact::Code(file, outcome)) =
@@ -259,7 +259,7 @@ fn the_cache_hands_out_sealed_code_nobody_can_write() {
 fn a_start_waits_for_another_compile_only_so_long_then_compiles_a_private_copy() {
     let dir = tempfile::tempdir().unwrap();
     let patience = std::time::Duration::from_millis(300);
-    let cache = Cache::open(dir.path(), cache::DEFAULT_LIMIT)
+    let cache = Cache::open(dir.path(), node::DEFAULT_LIMIT)
         .unwrap()
         .with_patience(patience);
     let engine = engine();
@@ -289,7 +289,7 @@ fn a_start_waits_for_another_compile_only_so_long_then_compiles_a_private_copy()
 fn an_artifact_that_verifies_but_does_not_load_is_kept_and_compiled_here() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = wasm(EXIT_42);
-    cached_engine(dir.path(), cache::DEFAULT_LIMIT)
+    cached_engine(dir.path(), node::DEFAULT_LIMIT)
         .prepare("/x.wasm", &bytes, None)
         .unwrap();
     let [artifact] = &artifacts(dir.path())[..] else {
@@ -311,7 +311,7 @@ fn an_artifact_that_verifies_but_does_not_load_is_kept_and_compiled_here() {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, contents).unwrap();
     }
-    let program = cached_engine(dir.path(), cache::DEFAULT_LIMIT)
+    let program = cached_engine(dir.path(), node::DEFAULT_LIMIT)
         .prepare("/x.wasm", &bytes, None)
         .unwrap();
     assert_eq!(program.cache_outcome(), None, "compiled in the process");
