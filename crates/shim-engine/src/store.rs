@@ -13,7 +13,8 @@
 //!
 //! Names: a file is `<key>.<kind>` (`<sha256>.cwasm`, `sha256-<hex>.wasm`);
 //! the files sharing a key are one entry, evicted together. A name starting
-//! with `.` or holding `.tmp.` is a temporary file.
+//! with `.` is a temporary file (as is one holding `.tmp.`, of an earlier
+//! version).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -34,12 +35,13 @@ use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
 /// already holds and syncs them, seconds as a rule; but the code server
 /// doing that is charged to the container's cgroup (see `shim_container::code`),
 /// and under a 1m CPU quota or on a saturated disk the copy and the fsync of
-/// a large artifact take minutes. Removing a live writer's file fails its
-/// store (the container then compiles for itself), so the age is far past
-/// any live write; a dead writer's leftover costs only disk until then.
+/// a large artifact take minutes. Removing a live writer's file fails that
+/// write (a code cache miss the container then compiles for itself; a
+/// layer's create), so the age is far past any live write; a dead writer's
+/// leftover costs only disk until then.
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
-const TEMP_PREFIX: &str = ".tmp.";
+const TEMP_SUFFIX: &str = ".tmp";
 const LOCK: &str = "lock";
 
 /// One store: an open directory, private to the shim's user.
@@ -299,8 +301,8 @@ fn key_of(name: &str) -> &str {
     name.split('.').next().unwrap_or(name)
 }
 
-/// Whether `name` is a temporary file: this store's (`.tmp.…`), or an
-/// earlier version's (`<name>.tmp.<pid>`, `.<pid>.<n>`).
+/// Whether `name` is a temporary file: this store's (`.<name>.<pid>.<n>.tmp`),
+/// or an earlier version's (`<name>.tmp.<pid>`, `.<pid>.<n>`).
 fn is_temp(name: &str) -> bool {
     name.starts_with('.') || name.contains(".tmp.")
 }
@@ -322,12 +324,13 @@ fn check_name(name: &str) -> io::Result<()> {
     }
 }
 
-/// A temporary name for `name`, unique to this process and call: shims and
-/// their threads write at the same time.
+/// A temporary name for `name`, unique to this process and call (shims and
+/// their threads write at the same time); hidden, and not of `name`'s kind,
+/// so nothing that lists the store by kind mistakes it for an entry.
 fn temp_name(name: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id())
+    format!(".{name}.{}.{n}{TEMP_SUFFIX}", std::process::id())
 }
 
 /// Takes the exclusive lock of `file`, waiting at most `patience`; `None`

@@ -121,17 +121,17 @@ fn stale_temporaries_are_removed_and_fresh_ones_kept() {
     let stale = STALE_TEMP_AGE.as_secs() + 60;
     // This store's, and those of earlier versions (code, layers).
     for (name, secs) in [
-        (".tmp.7.0.k.data", stale),
+        (".k.data.7.0.tmp", stale),
         ("k.cwasm.tmp.7", stale),
         (".7.3", stale),
-        (".tmp.8.0.k.data", 60),
+        (".k.data.8.0.tmp", 60),
     ] {
         fs::write(dir.path().join(name), [0u8; 4096]).unwrap();
         age(&store, name, secs);
     }
     put(&store, "k.data", b"kept");
     store.evict("k");
-    assert_eq!(names(dir.path()), [".tmp.8.0.k.data", "k.data"]);
+    assert_eq!(names(dir.path()), [".k.data.8.0.tmp", "k.data"]);
 }
 
 #[test]
