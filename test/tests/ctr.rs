@@ -504,6 +504,43 @@ fn the_node_cache_compiles_a_guest_once_and_never_loads_a_changed_artifact() {
     assert_eq!(count("/wasitest.wasm: compiled into the node's cache"), 2);
 }
 
+/// A handler's `CacheDir` (here from `ctr run --runtime-config-path`) moves
+/// the node's stores for its containers, and only for theirs: `shim start`
+/// hands the root to the shim it starts.
+#[test]
+fn a_handlers_cache_dir_moves_the_code_cache_of_its_containers() {
+    let c = containerd();
+    let artifacts = |root: &std::path::Path| {
+        std::fs::read_dir(root.join("code")).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                .count()
+        })
+    };
+    let elsewhere = c.dir().join("elsewhere");
+    let options = c.dir().join("cache-dir.toml");
+    std::fs::write(
+        &options,
+        format!("CacheDir = {:?}\n", elsewhere.display().to_string()),
+    )
+    .unwrap();
+    let flag = format!("--runtime-config-path={}", options.display());
+    let out = c.run(&unique_id("cachedir"), IMAGE, &[&flag], &["/wasitest.wasm"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{out:?}"
+    );
+    assert_eq!(artifacts(&elsewhere), 1, "{}", c.log());
+    assert_eq!(artifacts(&c.dir().join("cache")), 0, "{}", c.log());
+    let out = c.run(&unique_id("default"), IMAGE, &[], &["/wasitest.wasm"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(artifacts(&c.dir().join("cache")), 1, "{}", c.log());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&elsewhere).unwrap().mode() & 0o777, 0o700);
+}
+
 #[test]
 fn an_image_of_platform_wasi_wasm_runs_once_imported_for_that_platform() {
     // What `docker buildx --platform wasi/wasm` publishes: the image index

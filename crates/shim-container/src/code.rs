@@ -29,7 +29,7 @@ use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixCredentials,
 };
 use serde::{Deserialize, Serialize};
-use shim_engine::{Artifact, CodeSource, Engine, Kind, Outcome};
+use shim_engine::{Artifact, CodeSource, Engine, Kind, NodeConfig, Outcome};
 
 /// The server's answer to one request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,23 +45,34 @@ enum Reply {
 /// The largest reply: a compiler's error message.
 const MAX_REPLY: usize = 1 << 20;
 
-/// Where the node's cache lives and how large it may grow.
-#[derive(Debug, Clone)]
-pub struct CacheConfig {
-    pub root: PathBuf,
-    pub limit: u64,
+/// What the code server opens, and for whom it logs.
+struct Server<'a> {
+    /// The node's cache: [`NodeConfig::root`], bounded to its limit.
+    root: &'a Path,
+    limit: u64,
     /// The container whose log lines the server writes, and at which level.
-    pub id: String,
-    pub debug: bool,
+    id: &'a str,
+    debug: bool,
 }
 
-/// Forks the code server for one container's (or exec's) process; returns
-/// the end that process keeps. `None` (no cache, or the fork failed): the
-/// process compiles for itself.
+/// Forks the code server for one container's (or exec's) process, `id`,
+/// logging at debug level if `debug`; returns the end that process keeps.
+/// `None` (the node's cache is off, or the fork failed): the process
+/// compiles for itself.
 ///
 /// Call only while the process is single-threaded (the create helper).
-pub fn spawn(config: Option<CacheConfig>, engine: Option<&Engine>) -> Option<RemoteCache> {
-    let config = config?;
+pub fn spawn(
+    node: &NodeConfig,
+    id: &str,
+    debug: bool,
+    engine: Option<&Engine>,
+) -> Option<RemoteCache> {
+    let config = Server {
+        root: node.root.as_deref()?,
+        limit: node.limit,
+        id,
+        debug,
+    };
     let (container_end, server_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -123,7 +134,7 @@ impl CodeSource for RemoteCache {
         let socket = guard
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the code server is gone"))?;
-        let wasm = shim_engine::cache::sealed_copy(&mut &bytes[..])?;
+        let wasm = shim_engine::memfd::sealed_copy(&mut &bytes[..])?;
         let kind = format!("{kind:?}");
         let credentials = UnixCredentials::new();
         sendmsg::<()>(
@@ -148,7 +159,7 @@ impl CodeSource for RemoteCache {
                     .map(File::from)
                     .ok_or_else(|| std::io::Error::other("the code server sent no code"))?;
                 // Only a sealed memfd: code nobody can change under the guest.
-                if !shim_engine::cache::is_sealed(&code) {
+                if !shim_engine::memfd::is_sealed(&code) {
                     return Err(std::io::Error::other(
                         "the code server's code is not sealed",
                     ));
@@ -201,17 +212,17 @@ fn receive(
 }
 
 /// The server's life: answer requests until the container's process hangs up.
-fn serve(socket: OwnedFd, config: &CacheConfig, engine: Option<&Engine>) -> ! {
+fn serve(socket: OwnedFd, config: &Server, engine: Option<&Engine>) -> ! {
     crate::process::set_name(c"shim-code");
     crate::process::close_other_descriptors(socket.as_raw_fd());
     crate::process::stdio_to_null();
-    crate::process::open_shim_log(config.debug, &config.id);
+    crate::process::open_shim_log(config.debug, config.id);
     let _ = setsockopt(&socket, sockopt::PassCred, &true);
     let engine = match engine {
         Some(engine) => Ok(engine.clone()),
         None => shim_engine::EngineOptions::from_env().and_then(|o| Engine::new(&o)),
     };
-    let cache = shim_engine::Cache::open(&config.root, config.limit);
+    let cache = shim_engine::Cache::open(config.root, config.limit);
     let mut joined = false;
     let mut buffer = vec![0u8; 64];
     loop {
@@ -271,7 +282,7 @@ fn answer(
     };
     // Mapped, not copied: a large guest would count twice against the
     // container's memory limit. Sealed, so it cannot shrink under the map.
-    if !shim_engine::cache::is_sealed(&wasm) {
+    if !shim_engine::memfd::is_sealed(&wasm) {
         return (Reply::Failed("the guest was not sent sealed".into()), None);
     }
     let bytes = match Mapped::new(&wasm) {

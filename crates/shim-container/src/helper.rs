@@ -33,7 +33,6 @@ use crate::request::{
     sha256_digest, CreateRequest, CreateResponse, ExecRequest, LayerFile, Outputs, Request,
 };
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
-use crate::settings::{cache_limit, cache_root};
 use crate::state::{cleanup_state, staged_bundle, state_root};
 use crate::stdio::stdio;
 
@@ -41,13 +40,14 @@ use crate::stdio::stdio;
 pub const HELPER_ARG: &str = "container-helper";
 
 /// What the zygote prepares once for every helper it forks: one malloc
-/// arena (see the executor) and the wasmtime engine, so neither is set up
-/// again per container.
+/// arena (see the executor), the node's configuration and the wasmtime
+/// engine, so none is set up again per container.
 static WARM_ENGINE: OnceLock<shim_engine::Engine> = OnceLock::new();
 
 pub(crate) fn warm_up() {
     // SAFETY: mallopt only tunes the allocator; the zygote has one thread.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    shim_engine::NodeConfig::get();
     match shim_engine::EngineOptions::from_env().and_then(|o| shim_engine::Engine::new(&o)) {
         Ok(engine) => {
             let _ = WARM_ENGINE.set(engine);
@@ -98,7 +98,9 @@ pub fn main(args: &[String]) -> i32 {
 fn create(request: &Request) -> Result<i32, String> {
     request.check_ids()?;
     // Forked before anything else: it opens the shim log itself.
-    let code = crate::code::spawn(cache_config(request), WARM_ENGINE.get()).map(Arc::new);
+    let node = shim_engine::NodeConfig::get();
+    let code =
+        crate::code::spawn(node, request.id(), request.debug(), WARM_ENGINE.get()).map(Arc::new);
     open_shim_log(request.debug(), request.id());
     match request {
         Request::Create(create) => build_container(create, code),
@@ -365,16 +367,6 @@ fn build_init(
         .ok_or_else(|| "libcontainer created the container but reported no pid".to_string())
 }
 
-/// The node's cache, for the code server; `None` when it is off.
-fn cache_config(request: &Request) -> Option<crate::code::CacheConfig> {
-    Some(crate::code::CacheConfig {
-        root: cache_root()?,
-        limit: cache_limit(),
-        id: request.id().to_string(),
-        debug: request.debug(),
-    })
-}
-
 /// Copies the image's wasm layer, stored on the host, into a sealed memfd
 /// for the container's process, checking it against its digest on the
 /// way: a stored file changed since it was stored is refused, and the
@@ -389,7 +381,7 @@ fn open_layer(layer: Option<&LayerFile>) -> Result<Option<(File, LayerFile)>, St
         .custom_flags(libc::O_NOFOLLOW)
         .open(&layer.path)
         .map_err(|e| format!("{}: cannot open its stored wasm layer: {e}", layer.shown))?;
-    let mut copy = shim_engine::cache::sealed_copy(&mut &file).map_err(unreadable)?;
+    let mut copy = shim_engine::memfd::sealed_copy(&mut &file).map_err(unreadable)?;
     if let Some(expected) = &layer.digest {
         // The copy is what the container gets: that is what is checked.
         let found = sha256_digest(&copy).map_err(unreadable)?;

@@ -17,9 +17,12 @@
 //! - [`executor`]: the container's (or an exec's) process, after
 //!   libcontainer's set-up: [`confinement`] (seccomp, capabilities),
 //!   [`guest_view`] (what the guest can reach);
-//! - shared: [`process`] (names, descriptors, children, log), [`settings`],
-//!   [`state`] (libcontainer's state and cleanup), [`bundle`] (the one
-//!   reader of `config.json`), [`rootfs`], [`oom`].
+//! - shared: [`process`] (names, descriptors, children, log), [`state`]
+//!   (libcontainer's state and cleanup), [`bundle`] (the one reader of
+//!   `config.json`), [`rootfs`], [`oom`].
+//!
+//! Where the node's cache lives is `shim_engine::NodeConfig`, read once per
+//! process and handed to the code server.
 //!
 //! The modules depend on each other in that order and never back: no cycle.
 //! libcontainer keeps its state under `<bundle>/libcontainer/<id>`, so it is
@@ -38,7 +41,6 @@ pub mod oom;
 pub mod process;
 pub mod request;
 pub mod rootfs;
-pub mod settings;
 pub mod spawn;
 pub mod state;
 pub mod stdio;

@@ -1,68 +1,37 @@
-//! The node's cache of precompiled guests.
+//! The node's cache of precompiled guests: compiled once per node, handed
+//! to every later container of the binary, in any pod.
 //!
-//! Compiling is most of what a wasm container costs to start, in time and in
-//! memory (the compiler's heap). The first container that runs a given
-//! binary compiles it and writes the native code to this cache; every later
-//! one, in any pod, is handed that code instead of compiling it.
-//!
-//! Loading native code is `unsafe`: a file that is not what this shim wrote
-//! is arbitrary code. So each artifact is written with an HMAC-SHA256 tag
-//! under a node-local secret key (`<root>/key`, mode 0600), and handed out
-//! only if its tag verifies. A file planted in the cache, one changed after
-//! it was written, or one written for other bytes fails the check: it is
-//! removed and the guest compiled afresh. A "precompiled" file inside an
-//! image is never even looked at: the cache key is derived from the wasm
+//! Why it is built as it is (docs/architecture.md, "The node's code cache"):
+//! loading native code is `unsafe`, so a file that is not what this shim
+//! wrote must never load. Each artifact is stored with an HMAC-SHA256 tag
+//! under a node-local secret key and handed out only as a sealed copy made
+//! while its tag was checked; one that fails the check is removed and the
+//! guest compiled afresh. Only the code server (`shim_container::code`),
+//! outside every container, opens the cache and reads the key: whoever
+//! holds either could forge code every pod would load. An image's
+//! "precompiled" file is never looked at: entries are named from the wasm
 //! bytes, and only this directory is searched.
 //!
-//! The cache is only ever opened outside containers (the create helper's
-//! cache server, `shim_container::code`): whoever holds the directory or
-//! the key could forge code every pod would load. A container receives a
-//! verified artifact as a sealed memfd ([`Artifact::Code`]): a copy made
-//! while its tag was checked, that nobody can write afterwards, so what is
-//! verified is what runs.
-//!
-//! Layout under `<root>` (0700, owned by the shim's user):
-//! - `key`: 32 random bytes, created once;
-//! - `code/<name>.cwasm`: the artifact, `<name>` = SHA-256 of the wasm bytes,
-//!   the kind of binary, this shim's version and wasmtime's compatibility
-//!   hash of the engine configuration (so a changed engine never meets old
-//!   code);
-//! - `code/<name>.tag`: the HMAC of `<name>` and the artifact's bytes;
-//! - `code/<name>.lock`: an flock that makes concurrent starts of the same
-//!   binary compile it once; a start waits for it at most [`LOCK_PATIENCE`],
-//!   then compiles a private copy.
-//!
-//! Total size is bounded: past the limit the least recently used artifacts
-//! are removed.
+//! The files themselves (atomic writes, ownership checks, LRU eviction,
+//! locks) are a [`Store`]; this module adds the names, the tags and the key.
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use log::{debug, info, warn};
-use nix::fcntl::{openat, renameat, Flock, FlockArg, OFlag};
-use nix::sys::stat::{fstatat, futimens, Mode};
-use nix::sys::time::TimeSpec;
-use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
+use log::{debug, warn};
 use ring::{digest, hmac, rand::SecureRandom};
 
+use crate::memfd::sealed_copy;
+use crate::store::{self, check_private, Store};
 use crate::Kind;
-
-/// Where the cache lives unless configured otherwise.
-pub const DEFAULT_ROOT: &str = "/var/lib/containerd-shim-wasmtime";
-/// The default bound on the total size of the cached code.
-pub const DEFAULT_LIMIT: u64 = 2 << 30;
 
 const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 const ARTIFACT: &str = ".cwasm";
 const TAG: &str = ".tag";
-const LOCK: &str = ".lock";
-/// A temporary file older than this belongs to a compile that died.
-const STALE_SECS: i64 = 600;
 
 /// How a program's code was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -106,12 +75,6 @@ impl From<io::Error> for Failure {
     }
 }
 
-impl From<nix::Error> for Failure {
-    fn from(e: nix::Error) -> Self {
-        Failure::Cache(e.into())
-    }
-}
-
 /// How long a start waits for another start compiling the same binary
 /// before it compiles its own copy in memory: the other may be throttled by
 /// a tiny CPU quota, and must not stall every pod using that binary.
@@ -121,9 +84,11 @@ pub const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30
 /// containers: whoever holds it can forge code that every pod would load.
 pub struct Cache {
     root: PathBuf,
-    code: OwnedFd,
+    /// `<root>/code`: `<name>.cwasm` (the artifact; `<name>` is
+    /// [`Cache::name`]), `<name>.tag` (the HMAC of the name and the
+    /// artifact's bytes), `<name>.lock` (one compile at a time).
+    code: Store,
     key: hmac::Key,
-    limit: u64,
     patience: std::time::Duration,
 }
 
@@ -131,7 +96,7 @@ impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("root", &self.root)
-            .field("limit", &self.limit)
+            .field("code", &self.code)
             .finish_non_exhaustive()
     }
 }
@@ -153,26 +118,16 @@ impl CodeSource for Cache {
 
 impl Cache {
     /// Opens (creating if needed) the cache under `root`, bounded to `limit`
-    /// bytes of code. Refuses a root that someone else could write to.
+    /// bytes of code. Refuses a root, code directory or key that someone
+    /// else could write to ([`check_private`]).
     pub fn open(root: &Path, limit: u64) -> io::Result<Cache> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)?;
-        check_private(root, &std::fs::metadata(root)?)?;
+        store::private_dir(root)?;
         let key = read_or_create_key(&root.join("key"))?;
-        let code_dir = root.join("code");
-        match std::fs::DirBuilder::new().mode(0o700).create(&code_dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        let code = File::open(&code_dir)?;
-        check_private(&code_dir, &code.metadata()?)?;
+        let code = Store::open(&root.join("code"), limit, "cache")?;
         Ok(Cache {
             root: root.to_path_buf(),
-            code: code.into(),
+            code,
             key: hmac::Key::new(hmac::HMAC_SHA256, &key),
-            limit,
             patience: LOCK_PATIENCE,
         })
     }
@@ -183,7 +138,10 @@ impl Cache {
         self
     }
 
-    /// The cache entry's name for `bytes` of `kind` compiled by `engine`.
+    /// The cache entry's name for `bytes` of `kind` compiled by `engine`:
+    /// SHA-256 of the bytes, the kind, this shim's version and wasmtime's
+    /// compatibility hash of the engine's configuration (a changed engine
+    /// never meets old code).
     pub(crate) fn name(engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> String {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut compat);
@@ -208,12 +166,7 @@ impl Cache {
         if let Some(found) = self.lookup(&name)? {
             return Ok((found, Outcome::Hit));
         }
-        let lock = self.open_at(
-            &format!("{name}{LOCK}"),
-            OFlag::O_CREAT | OFlag::O_RDWR,
-            0o600,
-        )?;
-        let lock = lock_within(File::from(lock), self.patience)?;
+        let lock = self.code.lock(&name, self.patience)?;
         if lock.is_some() {
             // Whoever held the lock may have just written it.
             if let Some(found) = self.lookup(&name)? {
@@ -233,7 +186,7 @@ impl Cache {
         let code = code.map_err(|e| {
             // Bad wasm leaves nothing behind, not even its lock.
             if lock.is_some() {
-                self.remove(&name);
+                self.code.remove(&name);
             }
             Failure::Compile(e)
         })?;
@@ -243,32 +196,28 @@ impl Cache {
         };
         let tag = self.tag(&name, &code);
         drop(code);
-        self.store(&name, &tag, &sealed)?;
+        // The tag first: an artifact is never there without its tag. The
+        // artifact is the sealed memfd the caller hands out as well.
+        self.code.write(&mut [
+            (&format!("{name}{TAG}"), &mut tag.as_ref()),
+            (&format!("{name}{ARTIFACT}"), &mut &sealed),
+        ])?;
         io::Seek::rewind(&mut &sealed)?;
         debug!("cache: compiled and stored {name}");
         drop(lock);
-        self.evict(&name);
+        self.code.evict(&name);
         Ok((sealed, Outcome::Compiled))
     }
 
     /// A sealed copy of the verified artifact `name`; `None` if there is
     /// none, or it fails verification (it is then removed). The tag is
     /// checked over the copy, so what is handed out is what was verified.
+    /// An artifact that is not the shim's own (another owner, a symlink) is
+    /// an error: neither loaded nor removed.
     fn lookup(&self, name: &str) -> io::Result<Option<File>> {
-        let artifact = match self.open_at(&format!("{name}{ARTIFACT}"), OFlag::O_RDONLY, 0) {
-            Ok(fd) => File::from(fd),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(artifact) = self.code.open_file(&format!("{name}{ARTIFACT}"))? else {
+            return Ok(None);
         };
-        // Someone else's file (or, in a user namespace, one whose owner
-        // this process cannot see as itself): not ours to load or to remove.
-        let meta = artifact.metadata()?;
-        if !meta.is_file() {
-            return Err(io::Error::other(format!(
-                "{name}{ARTIFACT} is not a regular file"
-            )));
-        }
-        check_private(Path::new(&format!("{name}{ARTIFACT}")), &meta)?;
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(name.as_bytes());
         let copy = sealed_copy(&mut Tee {
@@ -277,15 +226,10 @@ impl Cache {
         })?;
         if let Err(reason) = self.check_tag(name, ctx) {
             warn!("cache: refusing {name}{ARTIFACT} ({reason}); compiling the guest afresh");
-            self.remove(name);
+            self.code.remove(name);
             return Ok(None);
         }
-        // Least recently used goes first when the cache is full.
-        let _ = futimens(
-            artifact.as_raw_fd(),
-            &TimeSpec::UTIME_NOW,
-            &TimeSpec::UTIME_NOW,
-        );
+        self.code.touch(&artifact);
         Ok(Some(copy))
     }
 
@@ -293,9 +237,9 @@ impl Cache {
     /// and bytes.
     fn check_tag(&self, name: &str, ctx: hmac::Context) -> Result<(), String> {
         let mut tag = [0u8; TAG_LEN + 1];
-        let tag_len = match self.open_at(&format!("{name}{TAG}"), OFlag::O_RDONLY, 0) {
-            Ok(fd) => read_up_to(&mut File::from(fd), &mut tag).map_err(|e| e.to_string())?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("no tag".into()),
+        let tag_len = match self.code.open_file(&format!("{name}{TAG}")) {
+            Ok(Some(mut file)) => read_up_to(&mut file, &mut tag).map_err(|e| e.to_string())?,
+            Ok(None) => return Err("no tag".into()),
             Err(e) => return Err(format!("cannot read its tag: {e}")),
         };
         if tag_len != TAG_LEN {
@@ -318,162 +262,6 @@ impl Cache {
         ctx.update(code);
         ctx.sign()
     }
-
-    /// Writes `code` (the sealed memfd the caller hands out as well) as
-    /// artifact `name` with its `tag`: temporary files, fsync, then renames
-    /// (tag first), so a reader sees a whole artifact or none.
-    fn store(&self, name: &str, tag: &hmac::Tag, code: &File) -> io::Result<()> {
-        let pid = std::process::id();
-        for suffix in [TAG, ARTIFACT] {
-            let temp = format!("{name}{suffix}.tmp.{pid}");
-            let fd = self.open_at(
-                &temp,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
-                0o400,
-            )?;
-            let mut file = File::from(fd);
-            // The data reaches the disk before the name does. The artifact's
-            // pages then leave the page cache: they were written for later
-            // containers, and count against this one's memory limit.
-            let written = match suffix {
-                TAG => file.write_all(tag.as_ref()),
-                _ => io::Seek::rewind(&mut &*code)
-                    .and_then(|_| io::copy(&mut &*code, &mut file).map(drop)),
-            }
-            .and_then(|()| file.sync_all())
-            .map(|()| {
-                // SAFETY: an advice about the page cache of a file we own.
-                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            });
-            let renamed = written.and_then(|()| {
-                renameat(
-                    Some(self.code.as_raw_fd()),
-                    temp.as_str(),
-                    Some(self.code.as_raw_fd()),
-                    format!("{name}{suffix}").as_str(),
-                )
-                .map_err(io::Error::from)
-            });
-            if let Err(e) = renamed {
-                let _ = unlinkat(
-                    Some(self.code.as_raw_fd()),
-                    temp.as_str(),
-                    UnlinkatFlags::NoRemoveDir,
-                );
-                return Err(e);
-            }
-        }
-        fsync(self.code.as_raw_fd())?;
-        Ok(())
-    }
-
-    /// Removes artifacts, least recently used first, until the cache is
-    /// within its limit (never `keep`, just written); and stale temporaries.
-    fn evict(&self, keep: &str) {
-        let Ok(entries) = self.entries() else { return };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let mut artifacts = Vec::new();
-        let mut total = 0u64;
-        for (file, stat) in entries {
-            if file.contains(".tmp.") {
-                if now - stat.st_mtime > STALE_SECS {
-                    let _ = unlinkat(
-                        Some(self.code.as_raw_fd()),
-                        file.as_str(),
-                        UnlinkatFlags::NoRemoveDir,
-                    );
-                }
-            } else if let Some(name) = file.strip_suffix(ARTIFACT) {
-                total += stat.st_size as u64;
-                if name != keep {
-                    let used = (stat.st_mtime, stat.st_mtime_nsec);
-                    artifacts.push((used, stat.st_size as u64, name.to_string()));
-                }
-            }
-        }
-        artifacts.sort();
-        for (_, size, name) in artifacts {
-            if total <= self.limit {
-                break;
-            }
-            info!(
-                "cache: over its limit of {} bytes; removing {name}",
-                self.limit
-            );
-            self.remove(&name);
-            total -= size;
-        }
-    }
-
-    /// The files of the code directory with their status.
-    fn entries(&self) -> io::Result<Vec<(String, nix::sys::stat::FileStat)>> {
-        let dir = nix::dir::Dir::openat(
-            Some(self.code.as_raw_fd()),
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut out = Vec::new();
-        for entry in dir.into_iter().flatten() {
-            let Ok(file) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if file.starts_with('.') {
-                continue;
-            }
-            if let Ok(stat) = fstatat(
-                Some(self.code.as_raw_fd()),
-                file.as_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
-                out.push((file, stat));
-            }
-        }
-        Ok(out)
-    }
-
-    fn remove(&self, name: &str) {
-        for suffix in [ARTIFACT, TAG, LOCK] {
-            let _ = unlinkat(
-                Some(self.code.as_raw_fd()),
-                format!("{name}{suffix}").as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            );
-        }
-    }
-
-    /// Opens `file` in the code directory; never follows a symlink.
-    fn open_at(&self, file: &str, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
-        let fd = openat(
-            Some(self.code.as_raw_fd()),
-            file,
-            flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-            Mode::from_bits_truncate(mode),
-        )?;
-        // SAFETY: openat returned a new descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-/// Refuses a cache file or directory that another user owns or that group or
-/// others may write: code loaded from it would be theirs.
-fn check_private(path: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
-    let uid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is owned by uid {} with mode {:o}; the cache needs it owned by uid {uid} \
-                 and writable by no one else",
-                path.display(),
-                meta.uid(),
-                meta.mode() & 0o7777
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The node's key: read, or created once with fresh random bytes. A new key
@@ -558,81 +346,4 @@ impl Read for Tee<'_> {
         self.mac.update(&buf[..n]);
         Ok(n)
     }
-}
-
-/// Takes the exclusive lock of `file`, waiting at most `patience`; `None`
-/// when someone else held it all that time.
-fn lock_within(file: File, patience: std::time::Duration) -> io::Result<Option<Flock<File>>> {
-    let deadline = std::time::Instant::now() + patience;
-    let mut file = file;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Some(lock)),
-            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
-                if std::time::Instant::now() >= deadline {
-                    return Ok(None);
-                }
-                file = back;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err((_, nix::errno::Errno::EINTR)) => {
-                return Err(io::Error::other(
-                    "interrupted while waiting for a compile lock",
-                ))
-            }
-            Err((_, e)) => return Err(e.into()),
-        }
-    }
-}
-
-/// A memfd holding everything `from` reads, sealed so nobody can write,
-/// grow or shrink it again: what a container maps as its guest's code.
-pub fn sealed_copy(from: &mut impl Read) -> io::Result<File> {
-    let mut file = code_memfd()?;
-    io::copy(from, &mut file)?;
-    seal(&file)?;
-    // Whoever reads it next starts at the beginning.
-    io::Seek::rewind(&mut file)?;
-    Ok(file)
-}
-
-/// A new memfd that may be sealed and mapped executable.
-fn code_memfd() -> io::Result<File> {
-    let name = c"wasmtime-code";
-    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // MFD_EXEC (Linux 6.3) keeps the memfd executable where
-    // vm.memfd_noexec would make new ones non-executable; older kernels
-    // refuse the flag and make them executable anyway.
-    const MFD_EXEC: libc::c_uint = 0x10;
-    for flags in [base | MFD_EXEC, base] {
-        // SAFETY: memfd_create reads a NUL-terminated name and returns a new fd.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
-        if fd >= 0 {
-            // SAFETY: the descriptor is new and ours alone.
-            return Ok(unsafe { File::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            return Err(e);
-        }
-    }
-    Err(io::Error::other("memfd_create refuses sealable memfds"))
-}
-
-/// Seals `file` (a memfd): no write, grow, shrink, or further seal changes.
-pub fn seal(file: &File) -> io::Result<()> {
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl F_ADD_SEALS on a descriptor we own; no memory is passed.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Whether `file` is a memfd sealed as [`seal`] seals it.
-pub fn is_sealed(file: &File) -> bool {
-    let wanted = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl F_GET_SEALS only reads the descriptor's seals.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    seals >= 0 && seals & wanted == wanted
 }

@@ -3,15 +3,14 @@
 //! taken from containerd's content store through its API.
 //!
 //! Only a container whose root is empty is looked up, so an ordinary image
-//! costs one `readdir` and no call to containerd. The layer is stored once
-//! per node, content-addressed and digest-verified, in a root-only directory
-//! beside the code cache; every later container of that image reads it there.
+//! costs one `readdir` and no call to containerd. The layer is kept once per
+//! node in the wasm-layer store, a `shim_engine::store::Store` beside the
+//! code cache, and checked against its digest every time it is reused
+//! (docs/images.md, "How a wasm layer runs"; docs/architecture.md,
+//! "Node-local state").
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use containerd_client::services::v1::{
     containers_client::ContainersClient, content_client::ContentClient,
@@ -21,6 +20,8 @@ use containerd_client::with_namespace;
 use shim_container::request::sha256_digest;
 use shim_container::rootfs::RootfsMount;
 use shim_container::LayerFile;
+use shim_engine::store::Store;
+use shim_engine::NodeConfig;
 use shim_image::layers::{self, LayerError, MAX_MANIFEST_BYTES};
 use tonic::Request;
 
@@ -153,26 +154,25 @@ impl ContainerdApi {
                 layer.digest
             ));
         }
-        let stored = store.join(format!("{}.wasm", layer.digest.replace(':', "-")));
-        if is_stored(&stored, layer.size, &layer.digest) {
-            // Recently used: the last to be evicted.
-            let _ = File::open(&stored).and_then(|f| f.set_modified(SystemTime::now()));
-        } else {
+        let name = format!("{}.wasm", layer.digest.replace(':', "-"));
+        let store = Store::open(store, NodeConfig::get().limit, "layer store")
+            .map_err(|e| format!("image {image}: cannot open the wasm-layer store: {e}"))?;
+        if !is_stored(&store, &name, layer.size, &layer.digest) {
             let limit = usize::try_from(layer.size).unwrap_or(usize::MAX);
             let bytes = read(layer.digest.clone(), limit).await?;
-            save(store, &stored, &layer.digest, &bytes)
+            save(&store, &name, &layer.digest, &bytes)
                 .map_err(|e| format!("image {image}: cannot store its wasm layer: {e}"))?;
             log::info!(
                 "image {image}: wasm layer {} ({}, {} bytes) stored at {}",
                 layer.digest,
                 layer.media_type,
                 bytes.len(),
-                stored.display()
+                store.path().join(&name).display()
             );
-            evict(store, &stored, shim_container::settings::cache_limit());
+            store.evict(&name);
         }
         Ok(LayerFile {
-            path: stored,
+            path: store.path().join(&name),
             shown: format!("{image} ({} layer {})", layer.media_type, layer.digest),
             name: layer.name,
             digest: Some(layer.digest),
@@ -184,26 +184,33 @@ fn text(e: LayerError) -> String {
     e.to_string()
 }
 
-/// A stored layer is used when it is ours (owned by this user, not writable
-/// by anyone else), whole, and still its digest's content; one changed since
-/// it was stored is fetched again. (The create helper checks the digest once
-/// more as it copies the layer for the container.)
-fn is_stored(path: &Path, size: u64, digest: &str) -> bool {
-    let ours = fs::symlink_metadata(path).is_ok_and(|m| {
-        m.is_file()
-            && m.uid() == nix::unistd::geteuid().as_raw()
-            && m.mode() & 0o022 == 0
-            && m.len() == size
-    });
-    if !ours {
+/// A stored layer is used when it is the store's to hand out (the shim's
+/// own, whole) and still its digest's content, and is then marked used; one
+/// changed since it was stored, or not the shim's, is fetched again over it.
+/// (The create helper checks the digest once more as it copies the layer
+/// for the container.)
+fn is_stored(store: &Store, name: &str, size: u64, digest: &str) -> bool {
+    let shown = || store.path().join(name).display().to_string();
+    let file = match store.open_file(name) {
+        Ok(Some(file)) => file,
+        Ok(None) => return false,
+        Err(e) => {
+            log::warn!("the stored wasm layer {}: {e}; fetching it again", shown());
+            return false;
+        }
+    };
+    if file.metadata().map_or(true, |m| m.len() != size) {
         return false;
     }
-    match File::open(path).and_then(sha256_digest) {
-        Ok(found) if found == digest => true,
+    match sha256_digest(&file) {
+        Ok(found) if found == digest => {
+            store.touch(&file);
+            true
+        }
         Ok(found) => {
             log::warn!(
                 "the stored wasm layer {} is {found}, not {digest}: fetching it again",
-                path.display()
+                shown()
             );
             false
         }
@@ -211,95 +218,21 @@ fn is_stored(path: &Path, size: u64, digest: &str) -> bool {
     }
 }
 
-/// Verifies `bytes` against `digest` and writes them atomically to `path`.
-fn save(store: &Path, path: &Path, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// Verifies `bytes` against `digest` and stores them as `name`.
+fn save(store: &Store, name: &str, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
     let actual = sha256_digest(bytes)?;
     if actual != digest {
         return Err(std::io::Error::other(format!(
             "content {actual} does not match the manifest's digest"
         )));
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(store)?;
-    let staged = store.join(format!(".{}.{}", std::process::id(), rand_suffix()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(&staged)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&staged, path)?;
-        File::open(store)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&staged);
-    }
-    result
-}
-
-/// Removes the least recently used layers (and writes abandoned by a crash)
-/// until the store holds at most `limit` bytes; `keep` stays. A container
-/// that already opened a removed layer keeps reading it.
-fn evict(store: &Path, keep: &Path, limit: u64) {
-    let Ok(entries) = fs::read_dir(store) else {
-        return;
-    };
-    let mut layers: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        let staged = entry.file_name().to_string_lossy().starts_with('.');
-        let stale = meta
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .is_some_and(|age| age.as_secs() > 3600);
-        if staged {
-            if stale {
-                let _ = fs::remove_file(&path);
-            }
-            continue;
-        }
-        if path != keep {
-            layers.push((
-                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                meta.len(),
-                path,
-            ));
-        }
-    }
-    let kept = fs::metadata(keep).map_or(0, |m| m.len());
-    let mut total: u64 = kept + layers.iter().map(|(_, size, _)| size).sum::<u64>();
-    layers.sort();
-    for (_, size, path) in layers {
-        if total <= limit {
-            break;
-        }
-        if fs::remove_file(&path).is_ok() {
-            log::info!("layer store over {limit} bytes: removed {}", path.display());
-            total -= size;
-        }
-    }
-}
-
-/// Distinguishes concurrent writers of one process (threads of the shim).
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    store.write(&mut [(name, &mut &bytes[..])])
 }
 
 /// Where wasm layers are stored: `layers/` beside the node's code cache, or
 /// the bundle when the cache is off.
 pub fn store_dir(bundle: &Path) -> PathBuf {
-    match shim_container::settings::cache_root() {
-        Some(root) => root.join("layers"),
-        None => bundle.join("layers"),
-    }
+    shim_engine::NodeConfig::get().layers_dir(bundle)
 }
 
 #[cfg(test)]
@@ -345,59 +278,41 @@ mod tests {
 
     #[test]
     fn a_layer_is_stored_only_when_it_matches_its_digest() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("layers");
+        let root = dir.path().join("layers");
+        let store = Store::open(&root, 1 << 20, "layer store").unwrap();
         let bytes = b"\0asm\x01\0\0\0";
         let digest = sha256_digest(&bytes[..]).unwrap();
-        let path = store.join("a.wasm");
-        save(&store, &path, &digest, bytes).unwrap();
-        assert!(is_stored(&path, bytes.len() as u64, &digest));
+        let name = "sha256-a.wasm";
+        save(&store, name, &digest, bytes).unwrap();
+        assert!(is_stored(&store, name, bytes.len() as u64, &digest));
         assert!(
-            !is_stored(&path, 1, &digest),
+            !is_stored(&store, name, 1, &digest),
             "a stored layer of another size is not it"
         );
         // Changed in place since it was stored (same size): not it either.
+        let path = root.join(name);
         let mut changed = fs::read(&path).unwrap();
         changed[7] ^= 1;
         fs::remove_file(&path).unwrap();
         fs::write(&path, &changed).unwrap();
-        use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
-        assert!(!is_stored(&path, bytes.len() as u64, &digest));
-        save(&store, &path, &digest, bytes).unwrap();
-        assert_eq!(fs::metadata(&store).unwrap().mode() & 0o777, 0o700);
+        assert!(!is_stored(&store, name, bytes.len() as u64, &digest));
+        // Nor one others could write, though it is the content.
+        save(&store, name, &digest, bytes).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(!is_stored(&store, name, bytes.len() as u64, &digest));
+        save(&store, name, &digest, bytes).unwrap();
+        assert!(is_stored(&store, name, bytes.len() as u64, &digest));
+        assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o400);
-        let other = store.join("b.wasm");
-        let e = save(&store, &other, &digest, b"\0asm\x01\0\0\x01").unwrap_err();
+        let e = save(&store, "sha256-b.wasm", &digest, b"\0asm\x01\0\0\x01").unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
         assert_eq!(
-            fs::read_dir(&store).unwrap().count(),
+            fs::read_dir(&root).unwrap().count(),
             1,
             "nothing left of it"
-        );
-    }
-
-    #[test]
-    fn the_store_drops_its_least_recently_used_layers_past_its_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path();
-        let old = SystemTime::now() - std::time::Duration::from_secs(600);
-        for (n, name) in ["a", "b", "c"].iter().enumerate() {
-            let path = store.join(format!("{name}.wasm"));
-            fs::write(&path, [0u8; 100]).unwrap();
-            let at = old + std::time::Duration::from_secs(n as u64);
-            File::open(&path).unwrap().set_modified(at).unwrap();
-        }
-        evict(store, &store.join("a.wasm"), 250);
-        let mut left: Vec<_> = fs::read_dir(store)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(
-            left,
-            ["a.wasm", "c.wasm"],
-            "the oldest other than the new one went"
         );
     }
 }

@@ -178,7 +178,9 @@ impl Shim for WasmtimeShim {
         }
         // The handler's options come on stdin; a bad table fails here, so
         // the pod's first create reports it. The server gets them in its
-        // environment, before its zygote builds the engine.
+        // environment, before its zygote builds the engine: the engine's
+        // part, and the node's cache (containerd's environment with the
+        // handler's `CacheDir` over it).
         let options = match read_start_options().and_then(|o| o.validate().map(|()| o)) {
             Ok(options) => options,
             Err(reason) => {
@@ -189,12 +191,12 @@ impl Shim for WasmtimeShim {
             }
         };
         let engine = options.engine.to_env();
+        let node = shim_engine::NodeConfig::from_env()
+            .with_root(options.cache_dir.clone())
+            .to_env();
         let mut vars = vec![(shim_engine::options::OPTIONS_ENV, engine.as_str())];
-        let cache_dir = options.cache_dir.as_ref().map(|d| d.display().to_string());
-        if let Some(dir) = &cache_dir {
-            vars.push((shim_container::settings::CACHE_DIR_ENV, dir.as_str()));
-        }
-        log::debug!("engine options for this handler: {engine}");
+        vars.extend(node.iter().map(|(name, value)| (*name, value.as_str())));
+        log::debug!("engine options for this handler: {engine}; node-local state: {node:?}");
         let (_pid, address) = spawn(opts, &grouping, vars)?;
         write_address(&address)?;
         Ok(address)

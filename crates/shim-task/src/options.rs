@@ -29,8 +29,8 @@ pub struct RuntimeOptions {
     /// The cgroup driver, when the table says (`SystemdCgroup`); otherwise
     /// the container's `cgroupsPath` tells (see [`systemd_cgroups_path`]).
     pub systemd_cgroup: Option<bool>,
-    /// The node's code cache for this handler (`CacheDir`; default: the
-    /// shim's environment, `WASMTIME_SHIM_CACHE_DIR`).
+    /// The root of the node's stores for this handler (`CacheDir`), over
+    /// the shim's environment's (`shim_engine::NodeConfig`).
     pub cache_dir: Option<PathBuf>,
     pub engine: EngineOptions,
     /// Where the options came from, for errors.
