@@ -16,7 +16,8 @@
 //!   and [`code`] (forks the code server that alone opens the node's cache);
 //! - [`executor`]: the container's (or an exec's) process, after
 //!   libcontainer's set-up: [`confinement`] (seccomp, capabilities),
-//!   [`guest_view`] (what the guest can reach);
+//!   [`guest_view`] (what the guest can reach), [`native`] (programs that
+//!   are not wasm);
 //! - shared: [`process`] (names, descriptors, children, log), [`state`]
 //!   (libcontainer's state and cleanup), [`bundle`] (the one reader of
 //!   `config.json`), [`rootfs`], [`oom`].
@@ -37,6 +38,7 @@ mod error;
 pub mod executor;
 pub mod guest_view;
 pub mod helper;
+pub mod native;
 pub mod oom;
 pub mod process;
 pub mod request;
