@@ -173,6 +173,11 @@ static int run(int argc, char **argv) {
         puts("hello from wasm");
         return 0;
     }
+    if (!strcmp(cmd, "tty")) {
+        /* Whether stdin, stdout and stderr are a terminal. */
+        printf("tty: %d %d %d\n", isatty(0), isatty(1), isatty(2));
+        return 0;
+    }
     if (!strcmp(cmd, "args")) {
         for (int i = 0; i < argc; i++) printf("argv[%d]=%s\n", i, argv[i]);
         return 0;

@@ -448,18 +448,27 @@ fn whole_runtime_specs_with_bad_process_or_linux_sections_fail_clearly() {
     c.assert_clean(&[&id]);
 
     type Change = fn(&mut serde_json::Value);
-    let cases: [(&str, Change, &[&str]); 4] = [
+    // A spec that asks for a terminal gets one, though ctr did not: the
+    // guest writes to a pty (its newlines become CRLF) copied to stdout.
+    let id = unique_id("spec-tty");
+    let mut with_terminal = spec(&c, &id);
+    with_terminal["process"]["terminal"] = true.into();
+    let (out, _) = run_spec(&c, &id, &with_terminal);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "hello from wasm\r\n"),
+        "{out:?}\n{}",
+        c.log()
+    );
+    c.assert_clean(&[&id]);
+
+    let cases: [(&str, Change, &[&str]); 3] = [
         (
             "no-process",
             |s| {
                 s.as_object_mut().unwrap().remove("process");
             },
             &["missing process in spec"],
-        ),
-        (
-            "terminal",
-            |s| s["process"]["terminal"] = true.into(),
-            &["a terminal (tty) is not supported by the wasmtime shim"],
         ),
         (
             "namespace",
@@ -712,8 +721,6 @@ fn cri_start_container_reports_bad_input_and_huge_env_works() {
     corrupt.mounts = vec![bad_volume()];
     let mut link = CriNode::container_config("link", IMAGE, &["/bad/host.wasm"]);
     link.mounts = vec![bad_volume()];
-    let mut tty = CriNode::container_config("tty", IMAGE, &["/wasitest.wasm", "hello"]);
-    tty.tty = true;
     for (config, expected) in [
         (
             corrupt,
@@ -726,7 +733,6 @@ fn cri_start_container_reports_bad_input_and_huge_env_works() {
                 host_wasm.display()
             ),
         ),
-        (tty, "a terminal (tty) is not supported".to_string()),
     ] {
         let began = Instant::now();
         let (id, started) = node.try_start_container(&pod, &pod_config, config);
@@ -742,6 +748,16 @@ fn cri_start_container_reports_bad_input_and_huge_env_works() {
         );
         ids.push(id);
     }
+
+    // `tty: true` (`kubectl run -it`): the guest's stdio is a terminal.
+    let mut tty = CriNode::container_config("tty", IMAGE, &["/wasitest.wasm", "tty"]);
+    tty.tty = true;
+    let id = node.start_container(&pod, &pod_config, tty);
+    let status = node.wait_exited(&id);
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = std::fs::read_to_string(node.dir().join("logs/bad/tty.log")).unwrap();
+    assert!(log.contains("tty: 1 1 1"), "{log}");
+    ids.push(id);
 
     // A 1 MiB environment value reaches the guest whole; the CRI log splits
     // the long line into partial (P) records, joined again here.

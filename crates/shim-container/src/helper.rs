@@ -209,6 +209,7 @@ fn builder(
     id: &str,
     bundle: &Path,
     outputs: &Outputs,
+    console_socket: Option<&Path>,
     executor: WasmExecutor,
 ) -> Result<ContainerBuilder, String> {
     let [stdin, stdout, stderr] = stdio(outputs)?;
@@ -216,6 +217,7 @@ fn builder(
         ContainerBuilder::new(id.to_string(), SyscallType::default())
             .with_root_path(state_root(bundle))
             .map_err(|e| e.to_string())?
+            .with_console_socket(console_socket)
             .with_executor(executor)
             .with_stdin(stdin)
             .with_stdout(stdout)
@@ -273,15 +275,21 @@ fn build_exec(
         .map_err(std::io::Error::other)
         .and_then(|json| std::fs::write(&staged, json))
         .map_err(|e| format!("{shown}: cannot stage its process: {e}"))?;
-    let built =
-        builder(&request.id, &request.bundle, &exec.outputs, executor).and_then(|builder| {
-            builder
-                .as_tenant()
-                .with_process(Some(&staged))
-                .with_detach(true)
-                .build()
-                .map_err(|e| describe(&e))
-        });
+    let built = builder(
+        &request.id,
+        &request.bundle,
+        &exec.outputs,
+        exec.console_socket.as_deref(),
+        executor,
+    )
+    .and_then(|builder| {
+        builder
+            .as_tenant()
+            .with_process(Some(&staged))
+            .with_detach(true)
+            .build()
+            .map_err(|e| describe(&e))
+    });
     let _ = std::fs::remove_file(&staged);
     remove_tenant_sockets(&state);
     built.map(|pid| pid.as_raw())
@@ -355,12 +363,18 @@ fn build_init(
     let staged = staged_bundle(&request.bundle, &request.id);
     bundle.stage(&staged, &spec)?;
     let executor = executor(request.layer.as_ref(), code, confinement)?;
-    let container = builder(&request.id, &request.bundle, &request.outputs, executor)?
-        .as_init(&staged)
-        .with_systemd(request.systemd_cgroup)
-        .with_detach(true)
-        .build()
-        .map_err(|e| describe(&e))?;
+    let container = builder(
+        &request.id,
+        &request.bundle,
+        &request.outputs,
+        request.console_socket.as_deref(),
+        executor,
+    )?
+    .as_init(&staged)
+    .with_systemd(request.systemd_cgroup)
+    .with_detach(true)
+    .build()
+    .map_err(|e| describe(&e))?;
     container
         .pid()
         .map(|pid| pid.as_raw())

@@ -31,6 +31,10 @@ pub struct CreateRequest {
     pub bundle: PathBuf,
     pub rootfs: Vec<RootfsMount>,
     pub outputs: Outputs,
+    /// With a terminal: where libcontainer sends the pty's master (runc's
+    /// console-socket protocol); the process's stdio is then the pty.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
     pub systemd_cgroup: bool,
     pub debug: bool,
     /// The guest when it is a wasm layer of the image rather than a file of
@@ -59,6 +63,9 @@ pub struct ExecProcess {
     pub exec_id: String,
     pub process: serde_json::Value,
     pub outputs: Outputs,
+    /// With a terminal, as [`CreateRequest::console_socket`].
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
 }
 
 impl Request {

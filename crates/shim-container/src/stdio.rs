@@ -29,7 +29,7 @@ pub(crate) fn stdio(outputs: &Outputs) -> Result<[OwnedFd; 3], String> {
 /// appended to by the guest directly, stdout and stderr alike (the runc
 /// shim's behaviour, without a copy through the shim); `binary://` loggers
 /// are not supported.
-fn open_output(path: Option<&Path>) -> std::io::Result<OwnedFd> {
+pub fn open_output(path: Option<&Path>) -> std::io::Result<OwnedFd> {
     let Some(path) = path else {
         return Ok(OpenOptions::new().write(true).open("/dev/null")?.into());
     };

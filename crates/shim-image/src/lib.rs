@@ -25,8 +25,6 @@ pub enum SpecError {
     MissingProcess,
     #[error("`process.args` is empty: the first argument must name the .wasm entrypoint")]
     MissingArgs,
-    #[error("`process.terminal: true` is not supported by this shim yet (run without a TTY)")]
-    Terminal,
     #[error("`process.env` entry {0:?} has no `=`")]
     BadEnv(String),
     #[error("`process.cwd` {0:?} is not an absolute path")]
@@ -127,9 +125,6 @@ pub struct WasmProcess {
 impl WasmProcess {
     pub fn from_spec(spec: &Spec) -> Result<Self, SpecError> {
         let process = spec.process().as_ref().ok_or(SpecError::MissingProcess)?;
-        if process.terminal().unwrap_or(false) {
-            return Err(SpecError::Terminal);
-        }
         let args = process.args().clone().unwrap_or_default();
         let arg0 = args.first().ok_or(SpecError::MissingArgs)?;
         let entrypoint = Entrypoint::parse(arg0)?;

@@ -17,8 +17,6 @@ pub enum TaskError {
     },
     #[error("container {id}: {reason}")]
     InvalidArgument { id: String, reason: String },
-    #[error("container {id}: a terminal (tty) is not supported by the wasmtime shim yet; run without -t")]
-    Terminal { id: String },
     #[error("{operation} is not supported by the wasmtime shim")]
     Unsupported { operation: &'static str },
     #[error("container {id}: {source}")]
@@ -45,9 +43,7 @@ impl TaskError {
             TaskError::NotFound(_) => Code::NOT_FOUND,
             TaskError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             TaskError::Transition { .. } => Code::FAILED_PRECONDITION,
-            TaskError::InvalidArgument { .. } | TaskError::Terminal { .. } => {
-                Code::INVALID_ARGUMENT
-            }
+            TaskError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
             TaskError::Unsupported { .. } => Code::UNIMPLEMENTED,
             TaskError::Container { source, .. } => match source {
                 // containerd reads NOT_FOUND on kill as "process already finished".

@@ -14,6 +14,7 @@ pub mod runtime;
 pub mod service;
 pub mod stats;
 pub mod stdin;
+pub mod tty;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -38,14 +38,20 @@ impl StdinForwarder {
         // Only the shim's end: O_NONBLOCK belongs to the open file, and the
         // guest's end is another one.
         fcntl(write.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok((Self::start_into(fifo, File::from(write))?, read))
+    }
+
+    /// Starts copying `fifo` into `target`, which is non-blocking (a pty's
+    /// master: see `tty`); closing stops the copy and leaves `target` open.
+    pub fn start_into(fifo: PathBuf, target: File) -> std::io::Result<Self> {
         let forwarder = Self {
-            writer: Arc::new(Mutex::new(Some(Arc::new(File::from(write))))),
+            writer: Arc::new(Mutex::new(Some(Arc::new(target)))),
         };
         let copier = forwarder.clone();
         std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || copier.copy(&fifo))?;
-        Ok((forwarder, read))
+        Ok(forwarder)
     }
 
     /// Closes the guest's stdin (CloseIO, delete). Never blocks: a copier in

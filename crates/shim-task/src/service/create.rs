@@ -16,6 +16,7 @@ use crate::events::EventSink;
 use crate::options::RuntimeOptions;
 use crate::runtime::{Container, Runtime};
 use crate::stdin::StdinForwarder;
+use crate::tty::{Console, ConsoleSocket};
 
 use super::process::Process;
 use super::tasks::Task;
@@ -42,6 +43,30 @@ pub(super) fn forward_stdin(
         .transpose()
 }
 
+/// Where the create helper points a process's stdout and stderr. With a
+/// terminal, nowhere: the pty is its stdio, and only the shim's copy
+/// (`Console`) opens containerd's fifo. The helper opening it as well would
+/// end a reader that came meanwhile (ctr's) with EOF when it exits.
+pub(super) fn outputs(terminal: bool, stdout: &str, stderr: &str) -> Outputs {
+    match terminal {
+        true => Outputs::default(),
+        false => Outputs {
+            stdout: fifo(stdout),
+            stderr: fifo(stderr),
+        },
+    }
+}
+
+/// The terminal libcontainer made for a process, connected to containerd's
+/// stdin and stdout.
+pub(super) fn attach_console(
+    socket: &ConsoleSocket,
+    stdin: &str,
+    stdout: &str,
+) -> std::io::Result<Console> {
+    Console::start(socket.receive()?, fifo(stdin), fifo(stdout))
+}
+
 impl<R: Runtime, E: EventSink> TaskService<R, E> {
     pub(super) fn create_task(&self, req: &CreateTaskRequest) -> Result<u32, TaskError> {
         let id = req.id.clone();
@@ -58,9 +83,7 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         let bundle = Bundle::load(Path::new(&req.bundle)).map_err(invalid)?;
         // containerd passes `terminal` on only when its client asked for a
         // TTY itself; a spec given whole may ask in `process.terminal`.
-        if req.terminal || bundle.terminal() {
-            return Err(TaskError::Terminal { id });
-        }
+        let terminal = req.terminal || bundle.terminal();
         let systemd_cgroup = RuntimeOptions::from_any(req.options.as_ref())
             .map(|options| options.systemd(bundle.cgroups_path().as_deref()))
             .map_err(invalid)?;
@@ -78,15 +101,21 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
             .runtime
             .wasm_layer(&id, &bundle, &rootfs)
             .map_err(invalid)?;
-        let (stdin, guest_stdin) = forward_stdin(&id, &req.stdin)?.unzip();
+        let console_socket = terminal
+            .then(|| ConsoleSocket::bind(bundle.dir(), "init"))
+            .transpose()
+            .map_err(|e| invalid(format!("cannot set up its terminal: {e}")))?;
+        // With a terminal, stdin goes to the pty (`Console`), not a pipe.
+        let (stdin, guest_stdin) = match terminal {
+            true => (None, None),
+            false => forward_stdin(&id, &req.stdin)?.unzip(),
+        };
         let request = CreateRequest {
             id: id.clone(),
             bundle: bundle.dir().to_path_buf(),
             rootfs,
-            outputs: Outputs {
-                stdout: fifo(&req.stdout),
-                stderr: fifo(&req.stderr),
-            },
+            outputs: outputs(terminal, &req.stdout, &req.stderr),
+            console_socket: console_socket.as_ref().map(|s| s.path().to_path_buf()),
             systemd_cgroup,
             debug: self.debug,
             layer,
@@ -103,10 +132,23 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
                     source,
                 }
             })?;
+        let console = console_socket
+            .map(|socket| attach_console(&socket, &req.stdin, &req.stdout))
+            .transpose()
+            .inspect_err(|_| {
+                // Leave nothing behind.
+                if let Err(e) = container.delete() {
+                    log::warn!("container {id}: cleanup after a failed create: {e}");
+                }
+            })
+            .map_err(|e| invalid(format!("cannot set up its terminal: {e}")))?;
         let pid = container.pid();
         log::info!("container {id}: created, guest pid {pid}");
         let stdio = [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()];
         let init = Process::init(&id, stdio, stdin, pid);
+        if let Some(console) = console {
+            init.set_console(console);
+        }
         let task = Arc::new(Task::new(id.clone(), req.bundle.clone(), container, init));
         // Published before the exit an early exit would record.
         self.publish(TaskCreate {

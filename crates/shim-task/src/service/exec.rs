@@ -2,18 +2,20 @@
 //! the container (as runc's shim does); state, wait, kill, close_io and
 //! delete treat it as any [`Process`].
 
+use std::path::Path;
 use std::sync::Arc;
 
 use containerd_shim::api::ExecProcessRequest;
 use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted};
-use shim_container::{ExecProcess, Outputs};
+use shim_container::ExecProcess;
 
 use crate::error::TaskError;
 use crate::events::EventSink;
 use crate::lifecycle::{InvalidTransition, Phase, Transition};
 use crate::runtime::{Container, Runtime};
+use crate::tty::ConsoleSocket;
 
-use super::create::{fifo, forward_stdin};
+use super::create::{attach_console, forward_stdin, outputs};
 use super::process::Process;
 use super::tasks::Task;
 use super::TaskService;
@@ -25,9 +27,6 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         // The exec id names files in the bundle (`.exec-<id>.json`).
         TaskError::check_id(&task.id, "exec", &req.exec_id)?;
         let shown = format!("{} (exec {:?})", task.id, req.exec_id);
-        if req.terminal {
-            return Err(TaskError::Terminal { id: shown });
-        }
         let invalid = |reason: String| TaskError::InvalidArgument {
             id: shown.clone(),
             reason,
@@ -61,13 +60,17 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
                 })
             }
         }
+        // Either containerd's flag or the process's own asks for a terminal;
+        // libcontainer reads the process's.
+        let terminal = req.terminal || process["terminal"] == serde_json::Value::Bool(true);
+        let mut process = process;
+        process["terminal"] = terminal.into();
         let spec = ExecProcess {
             exec_id: req.exec_id.clone(),
             process,
-            outputs: Outputs {
-                stdout: fifo(&req.stdout),
-                stderr: fifo(&req.stderr),
-            },
+            outputs: outputs(terminal, &req.stdout, &req.stderr),
+            // Set by `start`, which makes the socket.
+            console_socket: None,
         };
         let stdio = [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()];
         {
@@ -93,14 +96,30 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         task: &Task<R::Container>,
         exec: &Process,
     ) -> Result<u32, TaskError> {
-        let spec = exec.spec.as_ref().expect("an exec has its process");
+        let mut spec = exec.spec.clone().expect("an exec has its process");
+        let terminal = spec.process["terminal"] == serde_json::Value::Bool(true);
         exec.transition(Transition::Start, || {
-            let guest_stdin =
-                forward_stdin(&exec.shown, &exec.stdio[0])?.map(|(forwarder, read_end)| {
-                    exec.set_stdin(forwarder);
-                    read_end
-                });
-            let pid = task.container.exec(spec, guest_stdin).map_err(|source| {
+            let invalid = |e: std::io::Error| TaskError::InvalidArgument {
+                id: exec.shown.clone(),
+                reason: format!("cannot set up its terminal: {e}"),
+            };
+            let name = format!("exec-{}", exec.id());
+            let console_socket = terminal
+                .then(|| ConsoleSocket::bind(Path::new(&task.bundle), &name))
+                .transpose()
+                .map_err(invalid)?;
+            spec.console_socket = console_socket.as_ref().map(|s| s.path().to_path_buf());
+            // With a terminal, stdin goes to the pty (`Console`), not a pipe.
+            let guest_stdin = match terminal {
+                true => None,
+                false => {
+                    forward_stdin(&exec.shown, &exec.stdio[0])?.map(|(forwarder, read_end)| {
+                        exec.set_stdin(forwarder);
+                        read_end
+                    })
+                }
+            };
+            let pid = task.container.exec(&spec, guest_stdin).map_err(|source| {
                 exec.close_stdin();
                 TaskError::Container {
                     id: exec.shown.clone(),
@@ -108,6 +127,15 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
                 }
             })?;
             exec.set_pid(pid);
+            if let Some(socket) = console_socket {
+                // It runs; without its terminal nobody could reach it.
+                let console = attach_console(&socket, &exec.stdio[0], &exec.stdio[1])
+                    .inspect_err(|_| {
+                        let _ = task.container.signal(pid, libc::SIGKILL);
+                    })
+                    .map_err(invalid)?;
+                exec.set_console(console);
+            }
             Ok(())
         })?;
         let pid = exec.pid();

@@ -390,10 +390,9 @@ impl<R: Runtime, E: EventSink> Task for TaskService<R, E> {
         .into())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unsupported {
-            operation: "resize_pty",
-        }
-        .into())
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        let process = self.tasks.get(&req.id)?.process(&req.exec_id)?;
+        process.resize(req.width, req.height)?;
+        Ok(Empty::new())
     }
 }

@@ -14,6 +14,10 @@ use shim_container::ExecProcess;
 use crate::error::TaskError;
 use crate::lifecycle::{Phase, Transition};
 use crate::stdin::StdinForwarder;
+use crate::tty::Console;
+
+/// How long an exit waits for its terminal's last output.
+const OUTPUT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// containerd's stdio paths for a process: stdin, stdout, stderr (empty: none).
 pub(crate) type Stdio = [String; 3];
@@ -28,6 +32,8 @@ pub(crate) struct Process {
     /// An exec's process, run by `start`; `None` for the init.
     pub spec: Option<ExecProcess>,
     stdin: Mutex<Option<StdinForwarder>>,
+    /// Its terminal, when it has one (`crate::tty`).
+    console: Mutex<Option<Console>>,
     /// Its host PID; 0 until an exec starts.
     pid: AtomicU32,
     /// Lock order: taken after the registry's and the task's exec table's
@@ -77,6 +83,7 @@ impl Process {
             stdio,
             spec,
             stdin: Mutex::new(stdin),
+            console: Mutex::new(None),
             pid: AtomicU32::new(pid),
             phase: Mutex::new(Phase::Created),
             changed: Condvar::new(),
@@ -170,8 +177,40 @@ impl Process {
         *self.stdin.lock().unwrap_or_else(|e| e.into_inner()) = Some(forwarder);
     }
 
+    pub fn set_console(&self, console: Console) {
+        *self.console.lock().unwrap_or_else(|e| e.into_inner()) = Some(console);
+    }
+
+    /// `ResizePty`; a process without a terminal has no size to set.
+    pub fn resize(&self, width: u32, height: u32) -> Result<(), TaskError> {
+        let console = self.console.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(console) = console.as_ref() else {
+            return Err(TaskError::InvalidArgument {
+                id: self.shown.clone(),
+                reason: "it has no terminal to resize".into(),
+            });
+        };
+        console
+            .resize(width, height)
+            .map_err(|e| TaskError::InvalidArgument {
+                id: self.shown.clone(),
+                reason: format!("cannot resize its terminal: {e}"),
+            })
+    }
+
+    /// With a terminal, waits (briefly) until its last output is copied
+    /// out, so that containerd sees the exit after the output.
+    pub fn drain_output(&self) {
+        if let Some(console) = &*self.console.lock().unwrap_or_else(|e| e.into_inner()) {
+            console.wait_output(OUTPUT_PATIENCE);
+        }
+    }
+
     /// Closes the process's stdin (containerd's CloseIO, or its end).
     pub fn close_stdin(&self) {
+        if let Some(console) = &*self.console.lock().unwrap_or_else(|e| e.into_inner()) {
+            console.close_stdin();
+        }
         if let Some(stdin) = self
             .stdin
             .lock()

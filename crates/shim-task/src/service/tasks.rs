@@ -149,6 +149,7 @@ impl<C, E: EventSink> Tasks<C, E> {
             registry.early_exits.remove(&pid)
         };
         if let Some(code) = early {
+            task.init.drain_output();
             self.record(&task.init, code);
         }
     }
@@ -166,6 +167,7 @@ impl<C, E: EventSink> Tasks<C, E> {
         };
         if let Some(code) = early {
             self.registry().by_pid.remove(&pid);
+            exec.drain_output();
             self.record(exec, code);
         }
     }
@@ -212,6 +214,7 @@ impl<C, E: EventSink> Tasks<C, E> {
         };
         // An exec deleted meanwhile has nobody to tell.
         if let Ok(process) = task.process(exec_id.as_deref().unwrap_or_default()) {
+            process.drain_output();
             self.record(&process, code);
         }
     }

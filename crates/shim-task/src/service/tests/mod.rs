@@ -3,8 +3,7 @@
 //! races here (an exit before its process is known, a call during a create)
 //! are forced, not hoped for. The e2e suites in test/ drive the real thing.
 
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,141 +12,16 @@ use containerd_shim::api::{
     CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest, StartRequest, StateRequest,
     Status,
 };
-use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{TaskDelete, TaskExit};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::ExitSignal;
-use shim_container::rootfs::RootfsMount;
-use shim_container::{Bundle, CreateRequest, Error, ExecProcess, LayerFile, Stats};
 
 use super::TaskService;
 use crate::error::TaskError;
-use crate::events::EventSink;
 use crate::lifecycle::KILLED_EXIT_STATUS;
-use crate::runtime::{Container, Runtime};
 
-/// Runs inside a fake `create` or `exec`, with the new process's pid.
-type Hook = Box<dyn Fn(i32) + Send>;
-
-/// What the fake containers were asked, and hooks into their calls.
-#[derive(Default)]
-struct World {
-    next_pid: AtomicI32,
-    /// `(pid, signal)`; pid 0 for "every process".
-    signals: Mutex<Vec<(i32, i32)>>,
-    deleted: Mutex<Vec<String>>,
-    /// Runs inside `create` / `exec` with the new pid, before it returns.
-    during_create: Mutex<Option<Hook>>,
-    during_exec: Mutex<Option<Hook>>,
-    fail_create: Mutex<Option<String>>,
-}
-
-#[derive(Clone, Default)]
-struct Fake(Arc<World>);
-
-struct FakeContainer {
-    id: String,
-    pid: i32,
-    world: Arc<World>,
-}
-
-impl Fake {
-    fn pid(&self) -> i32 {
-        1000 + self.0.next_pid.fetch_add(1, Ordering::SeqCst)
-    }
-}
-
-impl Runtime for Fake {
-    type Container = FakeContainer;
-
-    fn wasm_layer(
-        &self,
-        _: &str,
-        _: &Bundle,
-        _: &[RootfsMount],
-    ) -> Result<Option<LayerFile>, String> {
-        Ok(None)
-    }
-
-    fn create(&self, request: &CreateRequest, _: Option<OwnedFd>) -> Result<FakeContainer, Error> {
-        if let Some(reason) = self.0.fail_create.lock().unwrap().clone() {
-            return Err(Error::Create(reason));
-        }
-        let pid = self.pid();
-        if let Some(hook) = &*self.0.during_create.lock().unwrap() {
-            hook(pid);
-        }
-        Ok(FakeContainer {
-            id: request.id.clone(),
-            pid,
-            world: self.0.clone(),
-        })
-    }
-}
-
-impl Container for FakeContainer {
-    fn pid(&self) -> i32 {
-        self.pid
-    }
-    fn start(&self) -> Result<(), Error> {
-        Ok(())
-    }
-    fn exec(&self, _: &ExecProcess, _: Option<OwnedFd>) -> Result<i32, Error> {
-        let pid = Fake(self.world.clone()).pid();
-        if let Some(hook) = &*self.world.during_exec.lock().unwrap() {
-            hook(pid);
-        }
-        Ok(pid)
-    }
-    fn signal(&self, pid: i32, signal: i32) -> Result<(), Error> {
-        self.world.signals.lock().unwrap().push((pid, signal));
-        Ok(())
-    }
-    fn signal_all(&self, signal: i32) -> Result<(), Error> {
-        self.signal(0, signal)
-    }
-    fn pids(&self) -> Result<Vec<i32>, Error> {
-        Ok(vec![self.pid])
-    }
-    fn stats(&self) -> Result<Stats, Error> {
-        Ok(Stats::default())
-    }
-    fn watch_oom(&self, _: Box<dyn Fn() + Send>) -> Result<(), Error> {
-        Ok(())
-    }
-    fn delete(&self) -> Result<(), Error> {
-        self.world.deleted.lock().unwrap().push(self.id.clone());
-        Ok(())
-    }
-}
-
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Box<dyn Event + Send>>>>);
-
-impl EventSink for Recorder {
-    fn publish(&self, event: Box<dyn Event + Send>) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-impl Recorder {
-    fn topics(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().map(|e| e.topic()).collect()
-    }
-
-    /// The events of type `M`, in order.
-    fn of<M: containerd_shim::protos::protobuf::MessageFull>(&self) -> Vec<M> {
-        let events = self.0.lock().unwrap();
-        events
-            .iter()
-            .filter_map(|e| {
-                let message: &dyn MessageDyn = &**e;
-                message.downcast_ref::<M>().cloned()
-            })
-            .collect()
-    }
-}
+mod fake;
+use fake::{Fake, Recorder, World};
 
 type Service = TaskService<Fake, Recorder>;
 
@@ -460,19 +334,6 @@ fn an_exec_is_refused_with_a_reason() {
         code(s.exec("c1", "e1", &["/a.wasm"]).unwrap_err()),
         Code::ALREADY_EXISTS
     );
-    let e = s
-        .service
-        .add_exec(&ExecProcessRequest {
-            id: "c1".into(),
-            exec_id: "tty".into(),
-            terminal: true,
-            ..Default::default()
-        })
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("a terminal (tty) is not supported"),
-        "{e}"
-    );
     assert_eq!(
         code(s.delete("c1", "").unwrap_err()),
         Code::FAILED_PRECONDITION
@@ -510,17 +371,72 @@ fn a_bundle_that_cannot_be_run_is_refused_before_any_container() {
             .starts_with("container c1: its runtime spec (config.json) is not valid: "),
         "{e}"
     );
-    std::fs::write(
-        &config,
-        r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"args":["/a.wasm"],"cwd":"/","terminal":true}}"#,
-    )
-    .unwrap();
-    let e = s.create("c1").unwrap_err();
-    assert!(matches!(e, TaskError::Terminal { .. }), "{e}");
     assert_eq!(
         s.world.next_pid.load(Ordering::SeqCst),
         0,
         "no container was made"
     );
     assert!(s.service.tasks.is_empty());
+}
+
+#[test]
+fn a_terminal_comes_from_the_container_and_its_output_precedes_the_exit() {
+    let s = setup();
+    let stdout = s.bundle.path().join("stdout");
+    std::fs::write(&stdout, b"").unwrap();
+    let pid = s
+        .service
+        .create_task(&CreateTaskRequest {
+            id: "c1".into(),
+            bundle: s.bundle.path().display().to_string(),
+            terminal: true,
+            stdout: stdout.display().to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+    let leftover: Vec<_> = std::fs::read_dir(s.bundle.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().contains("console"))
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "the console socket is gone: {leftover:?}"
+    );
+    s.start("c1", "").unwrap();
+    let slave = std::fs::File::from(s.world.terminal.lock().unwrap().take().unwrap());
+    let mut termios = nix::sys::termios::tcgetattr(&slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut termios);
+    nix::sys::termios::tcsetattr(&slave, nix::sys::termios::SetArg::TCSANOW, &termios).unwrap();
+    s.service
+        .tasks
+        .get("c1")
+        .unwrap()
+        .init
+        .resize(120, 30)
+        .unwrap();
+    let mut size = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize to the pointer.
+    let read = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&slave),
+            libc::TIOCGWINSZ,
+            &mut size,
+        )
+    };
+    assert_eq!((read, size.ws_col, size.ws_row), (0, 120, 30));
+    std::io::Write::write_all(&mut &slave, b"last words").unwrap();
+    drop(slave); // the guest exits: its end of the pty closes
+    s.exited(pid, 0);
+    assert_eq!(
+        std::fs::read(&stdout).unwrap(),
+        b"last words",
+        "its output is copied out before its exit is recorded"
+    );
+    assert_eq!(s.state("c1", ""), (Status::STOPPED, 0));
 }
