@@ -18,15 +18,31 @@ fn exec(c: &Containerd, task: &str, exec_id: &str, args: &[&str]) -> shim_tests:
 /// Runs `ctr` under script(1), which gives it the console `-t` wants: whether
 /// it succeeded, and all it printed.
 fn on_a_terminal(ctr: std::process::Command) -> (bool, String) {
+    typed_on_a_terminal(ctr, None)
+}
+
+/// Like [`on_a_terminal`], with `input` typed at the terminal after a moment.
+fn typed_on_a_terminal(ctr: std::process::Command, input: Option<&str>) -> (bool, String) {
+    use std::io::Write;
     let line: Vec<String> = std::iter::once(ctr.get_program())
         .chain(ctr.get_args())
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let out = std::process::Command::new("script")
+    let mut child = std::process::Command::new("script")
         .args(["-qec", &line.join(" "), "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("script");
+    let mut keyboard = child.stdin.take().expect("script's stdin");
+    if let Some(input) = input {
+        std::thread::sleep(Duration::from_secs(2));
+        keyboard.write_all(input.as_bytes()).expect("type");
+    }
+    // script ends its session at the end of its input: kept open until ctr is done.
+    let out = child.wait_with_output().expect("script");
+    drop(keyboard);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
@@ -101,7 +117,25 @@ fn exec_runs_a_wasm_program_in_the_running_container() {
     ]));
     assert!(ok, "{text}");
     assert!(text.contains("tty: 1 1 1"), "{text}");
-    c.assert_clean(&[&tty]);
+    // What is typed at the terminal reaches the guest through the pty.
+    let typed = unique_id("typed");
+    let (ok, text) = typed_on_a_terminal(
+        c.ctr_command(&[
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            "io.containerd.wasmtime.v1",
+            IMAGE,
+            &typed,
+            "/wasitest.wasm",
+            "echo",
+            "1",
+        ]),
+        Some("typed line\n"),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("echo: typed line"), "{text}");
 
     // Twenty at once, each with its own output and status.
     let outputs: Vec<_> = std::thread::scope(|s| {

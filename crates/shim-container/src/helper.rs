@@ -332,19 +332,18 @@ fn lock_execs(state: &Path) -> std::io::Result<File> {
     }
 }
 
-/// libcontainer leaves a tenant's notify socket in the container's state
-/// directory; an exec is done with it once its process runs. Called under the
-/// state directory's lock, so no other exec's socket is in use.
+/// libcontainer leaves a tenant's notify socket, and with a terminal its
+/// link to the console socket, in the container's state directory; an exec
+/// is done with them once its process runs. Called under the state
+/// directory's lock, so no other exec's socket is in use.
 fn remove_tenant_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("tenant-notify-")
-        {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-") {
             let _ = std::fs::remove_file(entry.path());
         }
     }
