@@ -219,7 +219,7 @@ fn unsupported_component(dir: &Path) -> PathBuf {
 }
 
 fn test_module() -> Vec<u8> {
-    std::fs::read(shim_tests::images_dir().join("wasitest.wasm"))
+    std::fs::read(shim_tests::images::images_dir().join("wasitest.wasm"))
         .expect("target/images/wasitest.wasm (run `make images`)")
 }
 
@@ -682,7 +682,7 @@ fn a_100_mb_module_runs_within_bounds_or_fails_clearly_under_a_small_limit() {
 
 /// A process's peak resident set size in KiB (`VmHWM`).
 fn hwm_kib(pid: i32) -> u64 {
-    shim_tests::status_kib(pid, "VmHWM").unwrap_or(0)
+    shim_tests::procfs::status_kib(pid, "VmHWM").unwrap_or(0)
 }
 
 // --- Through CRI, as kubelet would see it ------------------------------------

@@ -63,7 +63,9 @@ fn tasks_survive_a_containerd_restart() {
     let ended_pids = [&ended, &runc_ended].map(|id| c.task_pid(id).expect("pid"));
     let shims = [&running, &ended].map(|id| {
         let pid = c.task_pid(id).expect("pid");
-        shim_tests::proc_state(pid).expect("the guest's parent").1
+        shim_tests::procfs::proc_state(pid)
+            .expect("the guest's parent")
+            .1
     });
     c.stop_daemon();
     // Guests that end while containerd is down.
@@ -76,10 +78,10 @@ fn tasks_survive_a_containerd_restart() {
     assert_reaped(&ended_pids);
     // And the shims idle while nobody reads their log: a shim that logged
     // into containerd's closed log fifo once spun on SIGPIPE, reaping nothing.
-    let before = shims.map(|pid| shim_tests::cpu_time(pid).expect("shim alive"));
+    let before = shims.map(|pid| shim_tests::procfs::cpu_time(pid).expect("shim alive"));
     std::thread::sleep(Duration::from_millis(500));
     for (pid, before) in shims.into_iter().zip(before) {
-        let used = shim_tests::cpu_time(pid).expect("shim alive") - before;
+        let used = shim_tests::procfs::cpu_time(pid).expect("shim alive") - before;
         assert!(
             used < Duration::from_millis(100),
             "shim {pid} used {used:?} of CPU in 500 ms with containerd down"
@@ -168,7 +170,7 @@ fn a_pod_whose_zygote_died_still_creates_containers() {
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     let socket = c.socket().display().to_string();
-    let zygotes: Vec<i32> = shim_tests::processes_naming(&socket)
+    let zygotes: Vec<i32> = shim_tests::procfs::processes_naming(&socket)
         .into_iter()
         .filter(|(pid, _)| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -204,7 +206,8 @@ fn a_pod_whose_zygote_died_still_creates_containers() {
 // --- Through CRI: containerd restarted, the pod's shim killed -------------
 
 use k8s_cri::v1::{ContainerState, CreateContainerRequest, StartContainerRequest};
-use shim_tests::cri::{CriNode, PAUSE_IMAGE};
+use shim_tests::cri::CriNode;
+use shim_tests::images::PAUSE as PAUSE_IMAGE;
 
 /// The host PID of a CRI container's task (`ctr -n k8s.io task ls`).
 fn cri_task_pid(node: &CriNode, id: &str) -> Option<i32> {
@@ -224,12 +227,12 @@ fn assert_reaped(pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while let Some(&pid) = pids
         .iter()
-        .find(|&&pid| shim_tests::proc_state(pid).is_some())
+        .find(|&&pid| shim_tests::procfs::proc_state(pid).is_some())
     {
         assert!(
             Instant::now() < deadline,
             "{pid} ended while containerd was down and was not reaped: {:?}",
-            shim_tests::proc_state(pid)
+            shim_tests::procfs::proc_state(pid)
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -394,9 +397,9 @@ fn containerd_restarted_under_cri_keeps_wasm_pods_under_control() {
     node.assert_clean(&[wasm_pod, runc_pod, runs, ends, runc_ends, hello, oom]);
     assert!(node.shims().is_empty(), "{:?}", node.shims());
     assert!(
-        shim_tests::panics_in(&node.log()).is_empty(),
+        shim_tests::leaks::panics_in(&node.log()).is_empty(),
         "{:?}",
-        shim_tests::panics_in(&node.log())
+        shim_tests::leaks::panics_in(&node.log())
     );
 }
 
@@ -459,13 +462,13 @@ fn kill_a_pods_shim(node: &CriNode, handler: &str, ids: &mut Vec<String>) -> Aft
         std::thread::sleep(Duration::from_millis(50));
     }
     let pod_ready = node.pod_ready(&pod);
-    let socket = shim_tests::shim_socket(&node.containerd_socket(), "k8s.io", &pod);
+    let socket = shim_tests::leaks::shim_socket(&node.containerd_socket(), "k8s.io", &pod);
     // Everything of the containers is gone already, before kubelet removes
     // anything: processes, cgroups, rootfs mounts, bundles.
     let bundles_left = || {
         let bundles = node.bundles();
-        let mounts = shim_tests::mounts_under(node.dir());
-        let mut left = shim_tests::cgroups_of("k8s.io", &containers);
+        let mounts = shim_tests::procfs::mounts_under(node.dir());
+        let mut left = shim_tests::cgroups::left("k8s.io", &containers);
         for id in containers.iter().chain([&pod]) {
             left.extend(
                 bundles
@@ -549,7 +552,7 @@ struct ReapCgroups(Vec<String>);
 impl ReapCgroups {
     /// Kills what runs in the cgroups and removes them; what was there.
     fn reap(&self) -> Vec<String> {
-        let cgroups = shim_tests::cgroups_of("k8s.io", &self.0);
+        let cgroups = shim_tests::cgroups::left("k8s.io", &self.0);
         for id in &self.0 {
             for pid in cgroup_pids_under("k8s.io", id) {
                 let _ = std::process::Command::new("kill")
@@ -626,7 +629,7 @@ fn a_pods_shim_killed_under_cri_fares_as_runcs() {
     }
     node.assert_clean(&runc_ids.0);
     assert!(node.all_shims().is_empty(), "{:?}", node.all_shims());
-    let panics = shim_tests::panics_in(&node.log());
+    let panics = shim_tests::leaks::panics_in(&node.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }
 
@@ -635,7 +638,8 @@ fn a_pods_shim_killed_under_cri_fares_as_runcs() {
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use shim_tests::{CtrOutput, Rng, RUNTIME};
+use shim_tests::rng::Rng;
+use shim_tests::{CtrOutput, RUNTIME};
 
 /// Every ctr call of these tests gets an answer within this, or the test fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -686,7 +690,7 @@ fn force_remove(c: &Containerd, id: &str) {
 /// created, the winner may be one that could not load its IO (seen once with
 /// containerd 2.1's ctr), whatever the runtime. They are ctr's, not the shim's.
 fn drop_ctr_fifos(c: &Containerd, id: &str) -> usize {
-    let fifos: Vec<_> = shim_tests::fifos_under(&c.dir().join("fifo"))
+    let fifos: Vec<_> = shim_tests::leaks::fifos_under(&c.dir().join("fifo"))
         .into_iter()
         .filter(|f| f.to_string_lossy().contains(id))
         .collect();
@@ -836,7 +840,7 @@ fn the_pod_still_serves_then_goes(c: &Containerd, annotation: &str, sandbox: &st
     let mut all = ids.to_vec();
     all.extend([sandbox, id.as_str()]);
     c.assert_clean(&all);
-    let panics = shim_tests::panics_in(&c.log());
+    let panics = shim_tests::leaks::panics_in(&c.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }
 
@@ -1056,8 +1060,8 @@ fn fifty_lifecycles_at_once_on_one_shim_neither_hang_nor_leak() {
     c.assert_clean_of(&ids, Duration::from_secs(10));
     assert_eq!(c.shims().keys().copied().collect::<Vec<_>>(), vec![shim]);
     let mut parents = vec![shim];
-    parents.extend(shim_tests::children_of(shim));
-    let zombies = shim_tests::zombies_of(&parents);
+    parents.extend(shim_tests::procfs::children_of(shim));
+    let zombies = shim_tests::procfs::zombies_of(&parents);
     assert!(zombies.is_empty(), "zombies under the shim: {zombies:?}");
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     the_pod_still_serves_then_goes(&c, &annotation, &sandbox, &ids);
@@ -1111,7 +1115,7 @@ fn kill_ctr_pod(c: &Containerd, runtime: &str, ids: &mut Vec<String>) -> Vec<u32
         assert_eq!(out.code, 0, "{runtime} {id}: {out:?}");
     }
     ids.extend(tasks.iter().cloned());
-    let shim: Vec<i32> = shim_tests::shim_servers(&c.socket())
+    let shim: Vec<i32> = shim_tests::procfs::shim_servers(&c.socket())
         .into_iter()
         .filter(|(_, cmd)| cmd.contains(&tasks[0]))
         .map(|(pid, _)| pid)
@@ -1207,11 +1211,11 @@ fn a_killed_pod_shim_reports_its_tasks_killed_as_runcs_does() {
     assert_eq!(wasm, vec![137; 3]);
     assert_eq!(wasm, runc);
     // ctr's fifos of the tasks containerd deleted by itself.
-    for fifo in shim_tests::fifos_under(&c.dir().join("fifo")) {
+    for fifo in shim_tests::leaks::fifos_under(&c.dir().join("fifo")) {
         let _ = std::fs::remove_file(fifo);
     }
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     c.assert_clean(&ids);
-    let panics = shim_tests::panics_in(&c.log());
+    let panics = shim_tests::leaks::panics_in(&c.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shim_tests::{images_dir, processes_naming, sha256_file, unique_id, Containerd, RUNTIME};
+use shim_tests::images::{images_dir, sha256_file};
+use shim_tests::procfs::processes_naming;
+use shim_tests::{unique_id, Containerd, RUNTIME};
 
 const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 const HOSTILE: &str = "localhost/wasmtime-shim/hostile:latest";
@@ -686,8 +688,8 @@ fn shim_processes(c: &Containerd) -> Vec<(i32, String, u64, usize)> {
             if !["containerd-shim", "shim-zygote", "wasm-container"].contains(&comm.as_str()) {
                 return None;
             }
-            let rss = shim_tests::status_kib(pid, "VmRSS")?;
-            Some((pid, comm, rss, shim_tests::open_fds(pid)))
+            let rss = shim_tests::procfs::status_kib(pid, "VmRSS")?;
+            Some((pid, comm, rss, shim_tests::procfs::open_fds(pid)))
         })
         .collect()
 }

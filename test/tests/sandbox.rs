@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{ContainerConfig, SecurityProfile};
 use shim_tests::cri::{share_pid_namespace, CriNode};
-use shim_tests::{dir_names, sha256_file, shim_binary, unique_id, Containerd, NAMESPACE, RUNTIME};
+use shim_tests::images::sha256_file;
+use shim_tests::leaks::dir_names;
+use shim_tests::{shim_binary, unique_id, Containerd, NAMESPACE, RUNTIME};
 
 const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 

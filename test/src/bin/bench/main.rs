@@ -33,7 +33,9 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use shim_tests::{images_dir, shim_servers, unique_id, Containerd, RUNTIME};
+use shim_tests::images::images_dir;
+use shim_tests::procfs::shim_servers;
+use shim_tests::{unique_id, Containerd, RUNTIME};
 
 mod http;
 mod pods;
