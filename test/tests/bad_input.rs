@@ -15,9 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shim_tests::cri::CriNode;
+use shim_tests::images::WASM_TEST;
 use shim_tests::{unique_id, Containerd, CtrOutput, RUNTIME};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 /// How long any bad input may take to be refused (a debug shim compiling a
 /// big module included): a hang or a timeout is a failure.
@@ -47,7 +46,7 @@ fn bad_mount(dir: &Path) -> String {
 fn assert_fails(c: &Containerd, name: &str, extra: &[&str], args: &[&str], expected: &[&str]) {
     let id = unique_id(name);
     let began = Instant::now();
-    let out = c.run(&id, IMAGE, extra, args);
+    let out = c.run(&id, WASM_TEST, extra, args);
     let took = began.elapsed();
     assert_fails_clean(c, &id, &out, took, expected);
 }
@@ -320,7 +319,12 @@ fn entrypoint_symlinks_resolve_inside_the_root_only() {
         );
     }
     // A link within the root is followed there.
-    let out = c.run(&unique_id("link-in"), IMAGE, &flags, &["/bad/inside.wasm"]);
+    let out = c.run(
+        &unique_id("link-in"),
+        WASM_TEST,
+        &flags,
+        &["/bad/inside.wasm"],
+    );
     assert_eq!(
         (out.code, out.stdout.as_str()),
         (0, "hello from wasm\n"),
@@ -331,7 +335,7 @@ fn entrypoint_symlinks_resolve_inside_the_root_only() {
 /// `ctr run` of the test image with `args`, some of them not UTF-8.
 fn run_os_args(c: &Containerd, id: &str, extra: &[&OsStr], args: &[&OsStr]) -> CtrOutput {
     let mut command = c.ctr_command(&["run", "--rm", "--runtime", RUNTIME]);
-    command.args(extra).arg(IMAGE).arg(id).args(args);
+    command.args(extra).arg(WASM_TEST).arg(id).args(args);
     command.output().expect("run ctr").into()
 }
 
@@ -370,7 +374,7 @@ fn odd_and_huge_argv_and_env_reach_the_guest() {
     let chunk = "a".repeat(64 << 10);
     let mut args = vec!["/wasitest.wasm", "args"];
     args.extend(std::iter::repeat_n(chunk.as_str(), 16));
-    let out = c.run(&unique_id("argv-1m"), IMAGE, &[], &args);
+    let out = c.run(&unique_id("argv-1m"), WASM_TEST, &[], &args);
     assert_eq!(out.code, 0, "{}", out.stderr);
     for n in 2..18 {
         assert!(
@@ -383,7 +387,7 @@ fn odd_and_huge_argv_and_env_reach_the_guest() {
     // ctr treats `--env NAME` (no `=`) as "unset NAME": the guest sees none.
     let out = c.run(
         &unique_id("env-noeq"),
-        IMAGE,
+        WASM_TEST,
         &["--env", "NOEQUALS"],
         &["/wasitest.wasm", "env", "NOEQUALS"],
     );
@@ -597,7 +601,7 @@ fn run_measured(c: &Containerd, id: &str, extra: &[&str], args: &[&str]) -> Meas
             (container, shim)
         });
         let began = Instant::now();
-        let out = c.run(id, IMAGE, extra, args);
+        let out = c.run(id, WASM_TEST, extra, args);
         let took = began.elapsed();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let (container_peak, shim_peak_kib) = sampler.join().expect("sampler");
@@ -708,11 +712,11 @@ fn cri_start_container_reports_bad_input_and_huge_env_works() {
     let pod = node.run_pod(&pod_config);
     let mut ids = vec![pod.clone()];
 
-    let mut corrupt = CriNode::container_config("corrupt", IMAGE, &["/bad/corrupt.wasm"]);
+    let mut corrupt = CriNode::container_config("corrupt", WASM_TEST, &["/bad/corrupt.wasm"]);
     corrupt.mounts = vec![bad_volume()];
-    let mut link = CriNode::container_config("link", IMAGE, &["/bad/host.wasm"]);
+    let mut link = CriNode::container_config("link", WASM_TEST, &["/bad/host.wasm"]);
     link.mounts = vec![bad_volume()];
-    let mut tty = CriNode::container_config("tty", IMAGE, &["/wasitest.wasm", "hello"]);
+    let mut tty = CriNode::container_config("tty", WASM_TEST, &["/wasitest.wasm", "hello"]);
     tty.tty = true;
     for (config, expected) in [
         (
@@ -746,7 +750,7 @@ fn cri_start_container_reports_bad_input_and_huge_env_works() {
     // A 1 MiB environment value reaches the guest whole; the CRI log splits
     // the long line into partial (P) records, joined again here.
     let big = "e".repeat(1 << 20);
-    let mut env = CriNode::container_config("env", IMAGE, &["/wasitest.wasm", "env", "BIG"]);
+    let mut env = CriNode::container_config("env", WASM_TEST, &["/wasitest.wasm", "env", "BIG"]);
     env.envs = vec![k8s_cri::v1::KeyValue {
         key: "BIG".into(),
         value: big.clone(),

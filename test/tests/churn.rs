@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use shim_tests::cri::CriNode;
 use shim_tests::environment::env_count;
+use shim_tests::images::WASM_TEST;
 use shim_tests::{unique_id, Containerd, CtrOutput};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 /// Every ctr call answers within this, or the test fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +51,7 @@ fn on_workers(n: usize, work: impl Fn(usize) + Sync) {
 }
 
 fn hello(c: &Containerd, id: &str, extra: &[&str]) -> CtrOutput {
-    let argv = c.run_args(id, IMAGE, extra, &["/wasitest.wasm", "hello"]);
+    let argv = c.run_args(id, WASM_TEST, extra, &["/wasitest.wasm", "hello"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = c
         .ctr_within(&argv, CALL_TIMEOUT)
@@ -386,7 +385,7 @@ fn pods_come_and_go_through_cri_and_leave_nothing() {
         let pod_config = node.pod_config(&name);
         let pod = node.run_pod(&pod_config);
         let netns = node.pod_netns(&pod);
-        let config = CriNode::container_config(&name, IMAGE, &["/wasitest.wasm", "hello"]);
+        let config = CriNode::container_config(&name, WASM_TEST, &["/wasitest.wasm", "hello"]);
         let id = node.start_container(&pod, &pod_config, config);
         let status = node.wait_exited(&id);
         assert_eq!(

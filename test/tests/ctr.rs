@@ -1,9 +1,8 @@
 //! End-to-end: wasm containers through a real containerd with `ctr run`.
 //! Each test starts its own containerd (see the harness in src/lib.rs).
 
+use shim_tests::images::{HELLO_WASI, WASM_TEST};
 use shim_tests::{unique_id, Containerd};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 fn containerd() -> Containerd {
     let containerd = Containerd::start();
@@ -15,7 +14,7 @@ fn containerd() -> Containerd {
 fn hello_output_comes_back_through_containerd() {
     let c = containerd();
     let id = unique_id("hello");
-    let out = c.run(&id, IMAGE, &[], &[]);
+    let out = c.run(&id, WASM_TEST, &[], &[]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "hello from wasm\n");
     c.assert_clean(&[&id]);
@@ -27,7 +26,7 @@ fn args_and_env_reach_the_guest_through_wasi() {
     let id = unique_id("args");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "args", "one", "two words"],
     );
@@ -40,7 +39,7 @@ fn args_and_env_reach_the_guest_through_wasi() {
     let id = unique_id("env");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--env", "GREETING=hi there"],
         &["/wasitest.wasm", "env", "GREETING"],
     );
@@ -48,7 +47,7 @@ fn args_and_env_reach_the_guest_through_wasi() {
     // The shim's own environment is not the guest's.
     let out = c.run(
         &unique_id("env"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "env", "TTRPC_ADDRESS"],
     );
@@ -61,7 +60,7 @@ fn entrypoint_resolves_against_path_and_cwd() {
     // The image sets PATH=/bin; /bin/wasitest-on-path.wasm is found by name.
     let out = c.run(
         &unique_id("path"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["wasitest-on-path.wasm", "hello"],
     );
@@ -72,7 +71,7 @@ fn entrypoint_resolves_against_path_and_cwd() {
     );
     let out = c.run(
         &unique_id("cwd"),
-        IMAGE,
+        WASM_TEST,
         &["--cwd", "/bin"],
         &["./wasitest-on-path.wasm", "hello"],
     );
@@ -88,7 +87,7 @@ fn files_from_the_image_and_from_a_bind_mount_are_readable() {
     let c = containerd();
     let out = c.run(
         &unique_id("cat"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "cat", "/data/hello.txt"],
     );
@@ -103,7 +102,7 @@ fn files_from_the_image_and_from_a_bind_mount_are_readable() {
     );
     let out = c.run(
         &unique_id("mount"),
-        IMAGE,
+        WASM_TEST,
         &["--mount", &mount],
         &["/wasitest.wasm", "cat", "/mnt/note.txt"],
     );
@@ -113,7 +112,12 @@ fn files_from_the_image_and_from_a_bind_mount_are_readable() {
 #[test]
 fn a_native_executable_runs_as_a_linux_container_in_the_same_shim() {
     let c = containerd();
-    let out = c.run(&unique_id("native"), IMAGE, &[], &["/native-hello", "x"]);
+    let out = c.run(
+        &unique_id("native"),
+        WASM_TEST,
+        &[],
+        &["/native-hello", "x"],
+    );
     assert_eq!(
         (out.code, out.stdout.as_str()),
         (0, "hello from a native binary (2 args)\n"),
@@ -133,7 +137,7 @@ fn the_guest_cannot_reach_outside_its_root() {
     let escape = format!("/../../../..{}", secret.display());
     let out = c.run(
         &unique_id("escape"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "cat", &escape],
     );
@@ -141,7 +145,7 @@ fn the_guest_cannot_reach_outside_its_root() {
     assert!(!out.stdout.contains("host only"), "{out:?}");
     let out = c.run(
         &unique_id("escape"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "cat", secret.to_str().unwrap()],
     );
@@ -154,7 +158,7 @@ fn read_only_root_and_mounts_refuse_writes() {
     // Writable by default.
     let out = c.run(
         &unique_id("rw"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "write", "/new.txt"],
     );
@@ -166,7 +170,7 @@ fn read_only_root_and_mounts_refuse_writes() {
 
     let out = c.run(
         &unique_id("ro"),
-        IMAGE,
+        WASM_TEST,
         &["--read-only"],
         &["/wasitest.wasm", "write", "/new.txt"],
     );
@@ -181,7 +185,7 @@ fn read_only_root_and_mounts_refuse_writes() {
     );
     let out = c.run(
         &unique_id("romount"),
-        IMAGE,
+        WASM_TEST,
         &["--mount", &mount],
         &["/wasitest.wasm", "write", "/mnt/x"],
     );
@@ -195,7 +199,7 @@ fn read_only_root_and_mounts_refuse_writes() {
     let mount = format!("type=bind,src={},dst=/mnt,options=rbind:rw", rw.display());
     let out = c.run(
         &unique_id("rwmount"),
-        IMAGE,
+        WASM_TEST,
         &["--read-only", "--mount", &mount],
         &["/wasitest.wasm", "write", "/mnt/x"],
     );
@@ -213,9 +217,14 @@ fn read_only_root_and_mounts_refuse_writes() {
 #[test]
 fn custom_export_entrypoint_runs_that_export() {
     let c = containerd();
-    let out = c.run(&unique_id("start"), IMAGE, &[], &["/exports.wasm"]);
+    let out = c.run(&unique_id("start"), WASM_TEST, &[], &["/exports.wasm"]);
     assert_eq!(out.stdout, "default _start\n", "{out:?}");
-    let out = c.run(&unique_id("greet"), IMAGE, &[], &["/exports.wasm#greet"]);
+    let out = c.run(
+        &unique_id("greet"),
+        WASM_TEST,
+        &[],
+        &["/exports.wasm#greet"],
+    );
     assert_eq!(
         (out.code, out.stdout.as_str()),
         (0, "custom export greet\n"),
@@ -228,21 +237,21 @@ fn exit_codes_and_traps() {
     let c = containerd();
     let out = c.run(
         &unique_id("exit0"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "exit", "0"],
     );
     assert_eq!(out.code, 0, "{out:?}");
     let out = c.run(
         &unique_id("exit42"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.wasm", "exit", "42"],
     );
     assert_eq!(out.code, 42, "{out:?}");
     assert_eq!(out.stdout, "exiting with 42\n");
 
-    let out = c.run(&unique_id("trap"), IMAGE, &[], &["/trap.wasm"]);
+    let out = c.run(&unique_id("trap"), WASM_TEST, &[], &["/trap.wasm"]);
     assert_eq!(out.code, 134, "{out:?}");
     assert!(
         out.stderr.contains("unreachable"),
@@ -264,7 +273,7 @@ fn output_written_just_before_exit_is_not_lost() {
     for n in 0..5 {
         let out = c.run(
             &unique_id(&format!("tail{n}")),
-            IMAGE,
+            WASM_TEST,
             &[],
             &["/wasitest.wasm", "tail"],
         );
@@ -281,7 +290,7 @@ fn a_component_runs_with_wasi_cli() {
     let c = containerd();
     let out = c.run(
         &unique_id("component"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.component.wasm", "hello"],
     );
@@ -293,7 +302,7 @@ fn a_component_runs_with_wasi_cli() {
     // wasi:cli/exit in WASI 0.2 carries only ok/err: any non-zero status is 1.
     let out = c.run(
         &unique_id("component42"),
-        IMAGE,
+        WASM_TEST,
         &[],
         &["/wasitest.component.wasm", "exit", "42"],
     );
@@ -310,7 +319,7 @@ fn stdin_reaches_the_guest() {
     let c = containerd();
     let out = c.run_with_stdin(
         &unique_id("stdin"),
-        IMAGE,
+        WASM_TEST,
         &["/wasitest.wasm", "echo", "2"],
         "first\nsecond\n",
     );
@@ -319,7 +328,7 @@ fn stdin_reaches_the_guest() {
 
 fn assert_create_fails(c: &Containerd, name: &str, args: &[&str], expected: &str) {
     let id = unique_id(name);
-    let out = c.run(&id, IMAGE, &[], args);
+    let out = c.run(&id, WASM_TEST, &[], args);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
         out.stderr.contains(&format!("container {id}")),
@@ -372,7 +381,7 @@ fn twenty_containers_in_parallel() {
     let outputs: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = ids
             .iter()
-            .map(|id| s.spawn(|| c.run(id, IMAGE, &[], &["/wasitest.wasm", "args", id])))
+            .map(|id| s.spawn(|| c.run(id, WASM_TEST, &[], &["/wasitest.wasm", "args", id])))
             .collect();
         handles
             .into_iter()
@@ -401,7 +410,7 @@ fn tasks_of_one_pod_come_and_go_through_its_running_shim() {
         let id = unique_id(&format!("task{n}"));
         let out = c.run(
             &id,
-            IMAGE,
+            WASM_TEST,
             &["--annotation", &annotation],
             &["/wasitest.wasm", "hello"],
         );
@@ -428,7 +437,7 @@ fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
     let limit = (64u64 << 20).to_string();
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--memory-limit", &limit],
         &["/wasitest.wasm", "alloc", "300"],
     );
@@ -449,7 +458,7 @@ fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
     // Within the limit the same guest finishes.
     let out = c.run(
         &unique_id("fits"),
-        IMAGE,
+        WASM_TEST,
         &["--memory-limit", &limit],
         &["/wasitest.wasm", "alloc", "16"],
     );
@@ -466,7 +475,7 @@ fn the_node_cache_compiles_a_guest_once_and_never_loads_a_changed_artifact() {
         ("/wasitest.component.wasm", "hello from wasm\n"),
     ] {
         for _ in 0..2 {
-            let out = c.run(&unique_id("cache"), IMAGE, &[], &[guest]);
+            let out = c.run(&unique_id("cache"), WASM_TEST, &[], &[guest]);
             assert_eq!((out.code, out.stdout.as_str()), (0, output), "{out:?}");
         }
         let compiled = format!("{guest}: compiled into the node's cache");
@@ -494,7 +503,7 @@ fn the_node_cache_compiles_a_guest_once_and_never_loads_a_changed_artifact() {
         std::fs::remove_file(artifact).unwrap();
         std::fs::write(artifact, &bytes).unwrap();
     }
-    let out = c.run(&unique_id("cache"), IMAGE, &[], &["/wasitest.wasm"]);
+    let out = c.run(&unique_id("cache"), WASM_TEST, &[], &["/wasitest.wasm"]);
     assert_eq!(
         (out.code, out.stdout.as_str()),
         (0, "hello from wasm\n"),
@@ -509,7 +518,7 @@ fn an_image_of_platform_wasi_wasm_runs_once_imported_for_that_platform() {
     // What `docker buildx --platform wasi/wasm` publishes: the image index
     // names platform wasi/wasm, not the node's linux/amd64.
     let c = Containerd::start();
-    let image = "localhost/wasmtime-shim/hello-wasi:latest";
+    let image = HELLO_WASI;
     // `ctr images import` keeps only the node's platform unless told otherwise.
     let out = c.try_import("hello-wasi.tar", &[]);
     assert!(

@@ -2,16 +2,15 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::images::{PAUSE, WASM_TEST};
 use shim_tests::{containerd_version, unique_id, Containerd};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 #[test]
 fn a_killed_shim_is_cleaned_up_by_containerd() {
     let c = Containerd::start();
     c.import("wasm-test.tar");
     let id = unique_id("orphan");
-    c.run_detached(&id, IMAGE, &["/wasitest.wasm", "loop"]);
+    c.run_detached(&id, WASM_TEST, &["/wasitest.wasm", "loop"]);
     let shims: Vec<i32> = c
         .shims()
         .into_iter()
@@ -51,14 +50,9 @@ fn tasks_survive_a_containerd_restart() {
     let ended = unique_id("ended");
     // The same fate under runc, for comparison: a pause container.
     let runc_ended = unique_id("runc-ended");
-    c.run_detached(&running, IMAGE, &["/wasitest.wasm", "loop"]);
-    c.run_detached(&ended, IMAGE, &["/wasitest.wasm", "loop"]);
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "localhost/wasmtime-shim/pause:latest",
-        &runc_ended,
-    ]);
+    c.run_detached(&running, WASM_TEST, &["/wasitest.wasm", "loop"]);
+    c.run_detached(&ended, WASM_TEST, &["/wasitest.wasm", "loop"]);
+    let out = c.ctr(&["run", "-d", PAUSE, &runc_ended]);
     assert_eq!(out.code, 0, "{out:?}");
     let ended_pids = [&ended, &runc_ended].map(|id| c.task_pid(id).expect("pid"));
     let shims = [&running, &ended].map(|id| {
@@ -163,7 +157,7 @@ fn a_pod_whose_zygote_died_still_creates_containers() {
         &annotation,
         "--runtime",
         shim_tests::RUNTIME,
-        IMAGE,
+        WASM_TEST,
         &running,
         "/wasitest.wasm",
         "loop",
@@ -188,7 +182,7 @@ fn a_pod_whose_zygote_died_still_creates_containers() {
     let id = unique_id("after-zygote");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--annotation", &annotation],
         &["/wasitest.wasm"],
     );
@@ -207,7 +201,6 @@ fn a_pod_whose_zygote_died_still_creates_containers() {
 
 use k8s_cri::v1::{ContainerState, CreateContainerRequest, StartContainerRequest};
 use shim_tests::cri::CriNode;
-use shim_tests::images::PAUSE as PAUSE_IMAGE;
 
 /// The host PID of a CRI container's task (`ctr -n k8s.io task ls`).
 fn cri_task_pid(node: &CriNode, id: &str) -> Option<i32> {
@@ -249,9 +242,9 @@ fn sigkill(pid: i32) {
 /// handler, the pause program for runc.
 fn long_runner(handler: &str, name: &str) -> k8s_cri::v1::ContainerConfig {
     if handler == "runc" {
-        CriNode::container_config(name, PAUSE_IMAGE, &[])
+        CriNode::container_config(name, PAUSE, &[])
     } else {
-        CriNode::container_config(name, IMAGE, &["/wasitest.wasm", "loop"])
+        CriNode::container_config(name, WASM_TEST, &["/wasitest.wasm", "loop"])
     }
 }
 
@@ -358,11 +351,11 @@ fn containerd_restarted_under_cri_keeps_wasm_pods_under_control() {
     let hello = node.start_container(
         &wasm_pod,
         &wasm_config,
-        CriNode::container_config("hello", IMAGE, &["/wasitest.wasm", "hello"]),
+        CriNode::container_config("hello", WASM_TEST, &["/wasitest.wasm", "hello"]),
     );
     let status = node.wait_exited(&hello);
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
-    let mut oom = CriNode::container_config("oom", IMAGE, &["/wasitest.wasm", "alloc", "300"]);
+    let mut oom = CriNode::container_config("oom", WASM_TEST, &["/wasitest.wasm", "alloc", "300"]);
     oom.linux = Some(k8s_cri::v1::LinuxContainerConfig {
         resources: Some(k8s_cri::v1::LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
@@ -508,7 +501,7 @@ fn kill_a_pods_shim(node: &CriNode, handler: &str, ids: &mut Vec<String>) -> Aft
         node,
         &pod,
         &pod_config,
-        CriNode::container_config(&format!("late-{handler}"), IMAGE, command),
+        CriNode::container_config(&format!("late-{handler}"), WASM_TEST, command),
     );
     ids.extend(id);
     let new_container_in_pod = started.map_err(|s| s.message().to_string());
@@ -522,7 +515,7 @@ fn kill_a_pods_shim(node: &CriNode, handler: &str, ids: &mut Vec<String>) -> Aft
     let id = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config(&format!("again-{handler}"), IMAGE, command),
+        CriNode::container_config(&format!("again-{handler}"), WASM_TEST, command),
     );
     ids.push(id.clone());
     let status = node.wait_exited(&id);
@@ -650,7 +643,7 @@ fn run_detached_args<'a>(pod: Option<&'a str>, id: &'a str, command: &[&'a str])
     if let Some(annotation) = pod {
         args.extend(["--annotation", annotation]);
     }
-    args.extend([IMAGE, id]);
+    args.extend([WASM_TEST, id]);
     args.extend(command);
     args
 }
@@ -827,7 +820,7 @@ fn the_pod_still_serves_then_goes(c: &Containerd, annotation: &str, sandbox: &st
     let id = unique_id("after");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--annotation", annotation],
         &["/wasitest.wasm"],
     );
@@ -955,7 +948,7 @@ fn lifecycle(c: &Containerd, annotation: &str, id: &str, mut rng: Rng, storm: &M
                 RUNTIME,
                 "--annotation",
                 annotation,
-                IMAGE,
+                WASM_TEST,
                 id,
                 "/wasitest.wasm",
             ]);
@@ -1089,14 +1082,14 @@ fn exit_event(events: &str, id: &str) -> Option<u32> {
 fn kill_ctr_pod(c: &Containerd, runtime: &str, ids: &mut Vec<String>) -> Vec<u32> {
     let annotation = format!("io.kubernetes.cri.sandbox-id={}", unique_id("pod"));
     let (image, command): (&str, &[&str]) = if runtime == RUNTIME {
-        (IMAGE, &["/wasitest.wasm", "loop"])
+        (WASM_TEST, &["/wasitest.wasm", "loop"])
     } else {
-        ("localhost/wasmtime-shim/pause:latest", &[])
+        (PAUSE, &[])
     };
     let tasks: Vec<String> = (0..3).map(|n| unique_id(&format!("doomed{n}"))).collect();
     for (n, id) in tasks.iter().enumerate() {
         let (image, command): (&str, &[&str]) = if n == 0 {
-            ("localhost/wasmtime-shim/pause:latest", &[])
+            (PAUSE, &[])
         } else {
             (image, command)
         };
@@ -1173,9 +1166,9 @@ fn kill_ctr_pod(c: &Containerd, runtime: &str, ids: &mut Vec<String>) -> Vec<u32
     // The pod's next task gets a new shim on the same socket.
     let next = unique_id("next");
     let (next_image, next_command): (&str, &[&str]) = if runtime == RUNTIME {
-        (IMAGE, &["/wasitest.wasm"])
+        (WASM_TEST, &["/wasitest.wasm"])
     } else {
-        (IMAGE, &["/native-hello"])
+        (WASM_TEST, &["/native-hello"])
     };
     let mut args = vec![
         "run",

@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shim_tests::images::WASM_TEST;
 use shim_tests::images::{images_dir, sha256_file};
 use shim_tests::procfs::processes_naming;
 use shim_tests::{unique_id, Containerd, RUNTIME};
 
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 const HOSTILE: &str = "localhost/wasmtime-shim/hostile:latest";
 const SECRET: &str = "host only: 5e3c0d1f";
 
@@ -383,7 +383,7 @@ fn read_only_files_stay_unwritable_through_links_and_renames() {
     run_steps(
         &c,
         "rolinks",
-        IMAGE,
+        WASM_TEST,
         &["--read-only", "--mount", &mounts[0], "--mount", &mounts[1]],
         &[
             // Writes through symlinks planted in the writable volume.
@@ -420,7 +420,7 @@ fn read_only_files_stay_unwritable_through_links_and_renames() {
     run_steps(
         &c,
         "robackstop",
-        IMAGE,
+        WASM_TEST,
         &["--mount", &mounts[0]],
         &[
             (&["write", "/./ro/file"], Err(EIO)),
@@ -461,7 +461,7 @@ fn memory_growth_past_the_limit_fails_inside_the_guest() {
     let id = unique_id("grow");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--memory-limit", &limit],
         &["/wasitest.wasm", "grow", "1024"],
     );
@@ -478,7 +478,7 @@ fn memory_growth_past_the_limit_fails_inside_the_guest() {
 
     // No limit: the engine stops it at 4 GiB (never touched, so never resident).
     let id = unique_id("grow4g");
-    let out = c.run(&id, IMAGE, &[], &["/wasitest.wasm", "grow", "5000"]);
+    let out = c.run(&id, WASM_TEST, &[], &["/wasitest.wasm", "grow", "5000"]);
     eprintln!("  no limit: {}", out.stdout.trim());
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
@@ -494,7 +494,7 @@ fn memory_growth_past_the_limit_fails_inside_the_guest() {
 fn infinite_recursion_traps_with_a_clear_message() {
     let c = containerd();
     let id = unique_id("recurse");
-    let out = c.run(&id, IMAGE, &[], &["/wasitest.wasm", "recurse"]);
+    let out = c.run(&id, WASM_TEST, &[], &["/wasitest.wasm", "recurse"]);
     eprintln!(
         "  exit {}, stderr {} bytes, ends with: {:?}",
         out.code,
@@ -603,7 +603,7 @@ fn a_looping_guest_under_a_cpu_quota_is_throttled_and_dies_on_sigkill() {
     let id = unique_id("throttled");
     let argv = c.run_args(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--cpu-quota", "10000", "--cpu-period", "100000"],
         &["/wasitest.wasm", "loop"],
     );
@@ -759,7 +759,7 @@ fn a_gigabyte_of_output_streams_out_and_the_shim_stays_flat() {
     let id = unique_id("flood");
     let argv = c.run_args(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--annotation", &annotation],
         &["/wasitest.wasm", "flood", &FLOOD.to_string()],
     );
@@ -833,7 +833,7 @@ fn a_gigabyte_of_output_streams_out_and_the_shim_stays_flat() {
         &annotation,
         "--runtime",
         RUNTIME,
-        IMAGE,
+        WASM_TEST,
         &id,
         "/wasitest.wasm",
         "flood",
@@ -905,7 +905,7 @@ fn thousands_of_open_files_fail_inside_the_guest_and_leak_nothing() {
     // forwarder's poll interval): counts are taken once that has passed.
     let out = c.run(
         &unique_id("first"),
-        IMAGE,
+        WASM_TEST,
         &["--annotation", &annotation],
         &["/wasitest.wasm", "hello"],
     );
@@ -917,7 +917,7 @@ fn thousands_of_open_files_fail_inside_the_guest_and_leak_nothing() {
         let id = unique_id(&format!("openmany{n}"));
         let out = c.run(
             &id,
-            IMAGE,
+            WASM_TEST,
             &["--annotation", &annotation],
             &["/wasitest.wasm", "openmany", "5000", "/data/hello.txt"],
         );
@@ -951,7 +951,7 @@ fn thousands_of_open_files_fail_inside_the_guest_and_leak_nothing() {
     assert_eq!(before, after, "descriptors left open in the shim");
     let out = c.run(
         &unique_id("after"),
-        IMAGE,
+        WASM_TEST,
         &["--annotation", &annotation],
         &["/wasitest.wasm", "hello"],
     );
@@ -994,7 +994,7 @@ fn arm64_elf() -> Vec<u8> {
 #[test]
 fn a_precompiled_artifact_in_an_image_is_refused() {
     let c = containerd();
-    let out = c.run(&unique_id("compile"), IMAGE, &[], &["/wasitest.wasm"]);
+    let out = c.run(&unique_id("compile"), WASM_TEST, &[], &["/wasitest.wasm"]);
     assert_eq!(out.code, 0, "{out:?}");
     let (artifact, _) = cached_artifact(&c);
     let cwasm = std::fs::read(&artifact).unwrap();
@@ -1065,7 +1065,7 @@ fn a_precompiled_artifact_in_an_image_is_refused() {
 fn artifacts_planted_in_the_node_cache_are_never_loaded() {
     let c = containerd();
     let hello = |c: &Containerd| {
-        let out = c.run(&unique_id("planted"), IMAGE, &[], &["/wasitest.wasm"]);
+        let out = c.run(&unique_id("planted"), WASM_TEST, &[], &["/wasitest.wasm"]);
         assert_eq!(
             (out.code, out.stdout.as_str()),
             (0, "hello from wasm\n"),
@@ -1076,7 +1076,7 @@ fn artifacts_planted_in_the_node_cache_are_never_loaded() {
     let (artifact, tag) = cached_artifact(&c);
     // Another node (its own key) compiles other code: a guest that traps.
     let other = containerd();
-    let out = other.run(&unique_id("other"), IMAGE, &[], &["/trap.wasm"]);
+    let out = other.run(&unique_id("other"), WASM_TEST, &[], &["/trap.wasm"]);
     assert_eq!(out.code, 134, "{out:?}");
     let (foreign, foreign_tag) = cached_artifact(&other);
     let foreign = std::fs::read(foreign).unwrap();

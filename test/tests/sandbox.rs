@@ -25,10 +25,9 @@ use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{ContainerConfig, SecurityProfile};
 use shim_tests::cri::{share_pid_namespace, CriNode};
 use shim_tests::images::sha256_file;
+use shim_tests::images::WASM_TEST;
 use shim_tests::leaks::dir_names;
 use shim_tests::{shim_binary, unique_id, Containerd, NAMESPACE, RUNTIME};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 fn containerd() -> Containerd {
     let c = Containerd::start();
@@ -116,7 +115,7 @@ fn security_of(pid: i32) -> BTreeMap<String, String> {
 fn run_detached_with(c: &Containerd, id: &str, extra: &[&str], args: &[&str]) {
     let mut argv = vec!["run", "-d", "--runtime", RUNTIME];
     argv.extend(extra);
-    argv.extend([IMAGE, id]);
+    argv.extend([WASM_TEST, id]);
     argv.extend(args);
     let out = c.ctr(&argv);
     assert_eq!(out.code, 0, "ctr run -d {id}: {out:?}");
@@ -153,7 +152,12 @@ fn a_guest_that_tries_everything_reaches_nothing() {
     let c = containerd();
     // Once first, so that what a run creates in the test directory (the fifo
     // directory, the code cache) exists before it is listed.
-    let out = c.run(&unique_id("warm"), IMAGE, &[], &["/wasitest.wasm", "hello"]);
+    let out = c.run(
+        &unique_id("warm"),
+        WASM_TEST,
+        &[],
+        &["/wasitest.wasm", "hello"],
+    );
     assert_eq!(out.code, 0, "{out:?}");
     let marker = marker("escape");
     // In the test directory itself: 5 levels of `..` above each rootfs
@@ -190,7 +194,7 @@ fn a_guest_that_tries_everything_reaches_nothing() {
     );
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--mount", &control_mount],
         &[
             "/escape.wasm",
@@ -228,7 +232,7 @@ fn a_guest_that_tries_everything_reaches_nothing() {
         let id = unique_id(name);
         let mut args = vec!["/escape.wasm", "probe", &planted_arg, &marker, "--"];
         args.extend(dirs);
-        let out = c.run(&id, IMAGE, flags, &args);
+        let out = c.run(&id, WASM_TEST, flags, &args);
         show(name, &out.stdout);
         if out.code != 0 || !out.stdout.lines().any(|l| l == "probe done") {
             problems.push(format!("{name}: the probe did not finish: {out:?}"));
@@ -823,11 +827,11 @@ fn a_sidecar_sharing_the_pid_namespace_reaches_nothing_of_the_wasm_container() {
     };
     let mut pod_config = node.pod_config("sandbox");
     let mut app = with_seccomp(
-        CriNode::container_config("app", IMAGE, &["/wasitest.wasm", "sleep"]),
+        CriNode::container_config("app", WASM_TEST, &["/wasitest.wasm", "sleep"]),
         runtime_default.clone(),
     );
     let mut attacker = with_seccomp(
-        CriNode::container_config("attacker", IMAGE, &["/probe", "hold"]),
+        CriNode::container_config("attacker", WASM_TEST, &["/probe", "hold"]),
         runtime_default,
     );
     share_pid_namespace(&mut pod_config, &mut [&mut app, &mut attacker]);

@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use shim_tests::images::images_dir;
+use shim_tests::images::{images_dir, HELLO, HELLO_HTTP, PAUSE, PYTHON_HTTP, WASM_TEST};
 use shim_tests::procfs::shim_servers;
 use shim_tests::{unique_id, Containerd, RUNTIME};
 
@@ -41,11 +41,6 @@ mod http;
 mod pods;
 
 const RUNC: &str = "io.containerd.runc.v2";
-const HELLO: &str = "localhost/wasmtime-shim/hello:latest";
-const TEST_IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
-const PAUSE: &str = "localhost/wasmtime-shim/pause:latest";
-const HELLO_HTTP: &str = "localhost/wasmtime-shim/hello-http:latest";
-const PYTHON_HTTP: &str = "localhost/wasmtime-shim/python-http:latest";
 const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -107,7 +102,7 @@ fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
     }
     match side {
         Side::Wasm => args.extend(["--runtime", RUNTIME, HELLO, &id]),
-        Side::Runc => args.extend(["--runtime", RUNC, TEST_IMAGE, &id, "/native-hello"]),
+        Side::Runc => args.extend(["--runtime", RUNC, WASM_TEST, &id, "/native-hello"]),
     }
     let started = Instant::now();
     let out = containerd.ctr(&args);
@@ -167,7 +162,7 @@ fn resident_pss(containerd: &Containerd, side: Side, count: usize, one_pod: bool
             Side::Wasm => args.extend([
                 "--runtime",
                 RUNTIME,
-                TEST_IMAGE,
+                WASM_TEST,
                 id,
                 "/wasitest.wasm",
                 "sleep",
