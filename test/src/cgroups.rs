@@ -162,3 +162,20 @@ fn v2_root() -> Option<PathBuf> {
         .into_iter()
         .find(|root| root.join("cgroup.controllers").exists())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cgroup;
+
+    #[test]
+    fn finds_this_process_in_its_own_cgroups() {
+        let me = std::process::id().to_string();
+        let cgroup = Cgroup::of_process(std::process::id() as i32);
+        for controller in ["memory", "pids", "cpu"] {
+            let procs = cgroup.read(controller, "cgroup.procs").unwrap_or_else(|| {
+                panic!("no {controller} cgroup in {:?}", cgroup.dirs(controller))
+            });
+            assert!(procs.lines().any(|p| p == me), "{controller}: {procs}");
+        }
+    }
+}

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::CriNode;
 use shim_tests::images::WASM_TEST;
 use shim_tests::{unique_id, Containerd, CtrOutput, RUNTIME};
@@ -564,13 +565,10 @@ fn mounts_that_cannot_be_mounted_are_named() {
 /// The container's peak memory use in bytes (cgroupfs: v1's memory
 /// controller, or v2's memory.peak), while it exists.
 fn peak_memory(id: &str) -> Option<u64> {
-    let cgroup = format!("{}/{id}", shim_tests::NAMESPACE);
-    [
-        format!("/sys/fs/cgroup/memory/{cgroup}/memory.max_usage_in_bytes"),
-        format!("/sys/fs/cgroup/{cgroup}/memory.peak"),
-    ]
-    .iter()
-    .find_map(|file| std::fs::read_to_string(file).ok()?.trim().parse().ok())
+    let cgroup = Cgroup::container(shim_tests::NAMESPACE, id);
+    ["memory.max_usage_in_bytes", "memory.peak"]
+        .iter()
+        .find_map(|file| cgroup.read("memory", file)?.trim().parse().ok())
 }
 
 /// What [`run_measured`] saw.

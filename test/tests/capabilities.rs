@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::CriNode;
 use shim_tests::images::{HELLO_HTTP, WASM_TEST};
 use shim_tests::{unique_id, Containerd, CtrOutput};
@@ -217,12 +218,9 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
     let began = Instant::now();
     let spin = node.start_container(&pod, &pod_config, config);
     std::thread::sleep(Duration::from_millis(1500));
-    let stat =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu,cpuacct/k8s.io/{spin}/cpu.stat"))
-            .or_else(|_| {
-                std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/k8s.io/{spin}/cpu.stat"))
-            })
-            .expect("the container's cpu cgroup");
+    let stat = Cgroup::container(shim_tests::cri::NAMESPACE, &spin)
+        .read("cpu", "cpu.stat")
+        .expect("the container's cpu cgroup");
     let throttled: u64 = stat
         .lines()
         .find_map(|l| l.strip_prefix("nr_throttled "))

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::{http_response, share_pid_namespace, CriNode, HANDLER};
 use shim_tests::images::{HELLO_HTTP, HELLO_WASI, WASM_TEST};
 
@@ -127,13 +128,9 @@ fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
     });
     let id = node.start_container(&pod, &pod_config, config);
     // CRI with the cgroupfs driver and no parent puts the container at /k8s.io/<id>.
-    let quota = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/cpu,cpuacct/k8s.io/{id}/cpu.cfs_quota_us"
-    ))
-    .or_else(|_| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/k8s.io/{id}/cpu.cfs_quota_us"))
-    })
-    .expect("the container's cpu cgroup");
+    let quota = Cgroup::container(shim_tests::cri::NAMESPACE, &id)
+        .read("cpu", "cpu.cfs_quota_us")
+        .expect("the container's cpu cgroup");
     assert_eq!(quota.trim(), "50000");
     // kubelet's StopContainer: SIGTERM, then SIGKILL after the grace period.
     // The looping guest stops on SIGTERM, long before the 10 s grace period.

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::images::{PAUSE, WASM_TEST};
 use shim_tests::{containerd_version, unique_id, Containerd};
 
@@ -545,9 +546,9 @@ struct ReapCgroups(Vec<String>);
 impl ReapCgroups {
     /// Kills what runs in the cgroups and removes them; what was there.
     fn reap(&self) -> Vec<String> {
-        let cgroups = shim_tests::cgroups::left("k8s.io", &self.0);
+        let cgroups = shim_tests::cgroups::left(shim_tests::cri::NAMESPACE, &self.0);
         for id in &self.0 {
-            for pid in cgroup_pids_under("k8s.io", id) {
+            for pid in Cgroup::container(shim_tests::cri::NAMESPACE, id).pids() {
                 let _ = std::process::Command::new("kill")
                     .args(["-9", &pid.to_string()])
                     .status();
@@ -837,25 +838,9 @@ fn the_pod_still_serves_then_goes(c: &Containerd, annotation: &str, sandbox: &st
     assert!(panics.is_empty(), "{panics:#?}");
 }
 
-/// The PIDs in a ctr container's cgroup (v1 pids controller, or the v2 tree).
+/// The PIDs in a ctr container's cgroup.
 fn cgroup_pids(id: &str) -> Vec<i32> {
-    cgroup_pids_under(shim_tests::NAMESPACE, id)
-}
-
-/// The PIDs in the cgroup `<parent>/<id>`.
-fn cgroup_pids_under(parent: &str, id: &str) -> Vec<i32> {
-    ["pids", "unified"]
-        .iter()
-        .flat_map(|controller| {
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/{controller}/{parent}/{id}/cgroup.procs"
-            ))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect::<Vec<i32>>()
-        })
-        .collect()
+    Cgroup::container(shim_tests::NAMESPACE, id).pids()
 }
 
 #[test]

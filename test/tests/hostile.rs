@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::images::WASM_TEST;
 use shim_tests::images::{images_dir, sha256_file};
 use shim_tests::procfs::processes_naming;
@@ -529,56 +530,11 @@ fn infinite_recursion_traps_with_a_clear_message() {
     c.assert_clean(&[&id]);
 }
 
-/// The cgroup v1 hierarchy (its mount directory, its path) of `controller`
-/// for `pid`, or the cgroup v2 directory.
-fn cgroup_dir(pid: i32, controller: &str) -> PathBuf {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    for line in cgroups.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (
-            fields.next(),
-            fields.next().unwrap(),
-            fields.next().unwrap(),
-        );
-        if controllers.split(',').any(|c| c == controller) {
-            return Path::new("/sys/fs/cgroup")
-                .join(controllers)
-                .join(path.trim_start_matches('/'));
-        }
-    }
-    let path = cgroups
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup");
-    let unified = Path::new("/sys/fs/cgroup/unified");
-    let base = if unified.join("cgroup.controllers").exists() {
-        unified
-    } else {
-        Path::new("/sys/fs/cgroup")
-    };
-    base.join(path.trim_start_matches('/'))
-}
-
 /// CPU time used (ns) and the number of throttled periods of `pid`'s cgroup.
 fn cpu_usage(pid: i32) -> (u64, u64) {
-    let stat = |dir: &Path, key: &str| {
-        std::fs::read_to_string(dir.join("cpu.stat"))
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
-    };
-    let cpu = cgroup_dir(pid, "cpu");
-    match std::fs::read_to_string(cgroup_dir(pid, "cpuacct").join("cpuacct.usage")) {
-        Ok(ns) => (
-            ns.trim().parse().unwrap(),
-            stat(&cpu, "nr_throttled ").unwrap(),
-        ),
-        // cgroup v2
-        Err(_) => (
-            stat(&cpu, "usage_usec ").unwrap() * 1000,
-            stat(&cpu, "nr_throttled ").unwrap(),
-        ),
-    }
+    Cgroup::of_process(pid)
+        .cpu_usage()
+        .unwrap_or_else(|| panic!("the cpu cgroup of {pid}"))
 }
 
 /// Waits up to `patience` for `child` to exit.
