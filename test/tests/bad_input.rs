@@ -11,7 +11,6 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shim_tests::cgroups::Cgroup;
@@ -186,17 +185,9 @@ fn with_custom_section(mut module: Vec<u8>, size: usize) -> Vec<u8> {
 
 /// A component of no world the shim runs: it exports only an interface of
 /// its own (no `wasi:cli/run`, no `wasi:http/incoming-handler`). From
-/// component WAT, by `wasm-oci wat`.
+/// component WAT, by the `wat` crate (what `wasm-oci wat` runs).
 fn unsupported_component(dir: &Path) -> PathBuf {
-    let wasm_oci = shim_tests::workspace().join("target/debug/wasm-oci");
-    assert!(
-        wasm_oci.is_file(),
-        "{} is missing: run `make build`",
-        wasm_oci.display()
-    );
-    let wat = dir.join("custom-world.wat");
-    std::fs::write(
-        &wat,
+    let wasm = wat::parse_str(
         r#"(component
   (core module $m (func (export "greet")))
   (core instance $i (instantiate $m))
@@ -205,17 +196,10 @@ fn unsupported_component(dir: &Path) -> PathBuf {
   (export "example:custom/api" (instance $api)))
 "#,
     )
-    .unwrap();
-    let wasm = dir.join("custom-world.wasm");
-    let out = Command::new(&wasm_oci)
-        .arg("wat")
-        .arg(&wat)
-        .arg("-o")
-        .arg(&wasm)
-        .output()
-        .expect("run wasm-oci");
-    assert!(out.status.success(), "wasm-oci wat: {out:?}");
-    wasm
+    .expect("the component's WAT");
+    let path = dir.join("custom-world.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    path
 }
 
 fn test_module() -> Vec<u8> {

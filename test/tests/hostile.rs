@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use shim_tests::cgroups::Cgroup;
 use shim_tests::images::WASM_TEST;
-use shim_tests::images::{images_dir, sha256_file};
+use shim_tests::images::{self, images_dir, Entry, Image};
 use shim_tests::procfs::processes_naming;
 use shim_tests::{unique_id, Containerd, RUNTIME};
 
@@ -112,116 +112,32 @@ const ENOENT: &str = "No such file or directory";
 
 // --- an image of our own: symlinks, precompiled code ------------------------
 
-enum Entry<'a> {
-    File(&'a str, Vec<u8>, u32),
-    Symlink(&'a str, String),
+/// A regular file of the hostile image.
+fn file(path: &str, bytes: Vec<u8>, mode: u32) -> Entry {
+    Entry::File {
+        path: path.into(),
+        bytes,
+        mode,
+    }
 }
 
-fn tar(args: &[&str]) {
-    let out = Command::new("tar").args(args).output().expect("tar");
-    assert!(
-        out.status.success(),
-        "tar {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Stores `bytes` as a blob of the OCI layout `layout`; its descriptor.
-fn blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-    let staged = layout.join("staged");
-    std::fs::write(&staged, bytes).unwrap();
-    let digest = sha256_file(&staged);
-    std::fs::rename(&staged, layout.join("blobs/sha256").join(&digest)).unwrap();
-    serde_json::json!({ "mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len() })
+/// A symlink of the hostile image, to `target` as given.
+fn symlink(path: &str, target: impl Into<String>) -> Entry {
+    Entry::Symlink {
+        path: path.into(),
+        target: target.into(),
+    }
 }
 
 /// Builds the image `HOSTILE` (one layer of `entries`, run as `entrypoint`)
-/// with the host's `tar` — `wasm-oci image` writes regular files only — and
-/// imports it.
-fn import_hostile_image(c: &Containerd, entrypoint: &str, entries: &[Entry]) {
-    let work = c.dir().join("hostile-image");
-    let root = work.join("rootfs");
-    let layout = work.join("layout");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    for entry in entries {
-        let (path, result) = match entry {
-            Entry::File(path, bytes, mode) => {
-                let file = root.join(path.trim_start_matches('/'));
-                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                std::fs::write(&file, bytes).unwrap();
-                (
-                    path,
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode)),
-                )
-            }
-            Entry::Symlink(path, target) => {
-                let link = root.join(path.trim_start_matches('/'));
-                std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-                (path, std::os::unix::fs::symlink(target, &link))
-            }
-        };
-        result.unwrap_or_else(|e| panic!("{path}: {e}"));
-    }
-    let layer = work.join("layer.tar");
-    tar(&[
-        "--numeric-owner",
-        "--owner=0",
-        "--group=0",
-        "-cf",
-        layer.to_str().unwrap(),
-        "-C",
-        root.to_str().unwrap(),
-        ".",
-    ]);
-    let layer = std::fs::read(&layer).unwrap();
-    let layer = blob(&layout, "application/vnd.oci.image.layer.v1.tar", &layer);
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Entrypoint": [entrypoint], "WorkingDir": "/" },
-        "rootfs": { "type": "layers", "diff_ids": [layer["digest"]] },
-    });
-    let config = blob(
-        &layout,
-        "application/vnd.oci.image.config.v1+json",
-        &serde_json::to_vec(&config).unwrap(),
-    );
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": [layer],
-    });
-    let mut manifest = blob(
-        &layout,
-        "application/vnd.oci.image.manifest.v1+json",
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
-    manifest["annotations"] = serde_json::json!({
-        "io.containerd.image.name": HOSTILE,
-        "org.opencontainers.image.ref.name": "latest",
-    });
-    manifest["platform"] = serde_json::json!({ "os": "linux", "architecture": "amd64" });
-    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [manifest] });
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&index).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let tarball = work.join("hostile.tar");
-    tar(&[
-        "-cf",
-        tarball.to_str().unwrap(),
-        "-C",
-        layout.to_str().unwrap(),
-        ".",
-    ]);
+/// with wasm-image-builder, which unlike `make images` stores symlinks and
+/// file modes as given, and imports it.
+fn import_hostile_image(c: &Containerd, entrypoint: &str, entries: Vec<Entry>) {
+    let mut image = Image::new(HOSTILE);
+    image.entrypoint = vec![entrypoint.to_string()];
+    image.entries = entries;
+    let tarball = c.dir().join("hostile.tar");
+    images::write(&image, &tarball);
     let out = c.ctr(&["images", "import", tarball.to_str().unwrap()]);
     assert_eq!(out.code, 0, "import {HOSTILE}: {out:?}");
 }
@@ -246,13 +162,13 @@ fn symlinks_and_links_never_lead_the_guest_outside_its_root() {
     import_hostile_image(
         &c,
         "/wasitest.wasm",
-        &[
-            Entry::File("/wasitest.wasm", wasitest(), 0o755),
-            Entry::File("/data/hello.txt", b"hello\n".to_vec(), 0o644),
-            Entry::Symlink("/data/abs", secret_path.to_string()),
-            Entry::Symlink("/data/rel", deep.clone()),
-            Entry::Symlink("/data/hostdir", c.dir().display().to_string()),
-            Entry::Symlink("/data/up", "../..".into()),
+        vec![
+            file("/wasitest.wasm", wasitest(), 0o755),
+            file("/data/hello.txt", b"hello\n".to_vec(), 0o644),
+            symlink("/data/abs", secret_path),
+            symlink("/data/rel", deep.clone()),
+            symlink("/data/hostdir", c.dir().display().to_string()),
+            symlink("/data/up", "../.."),
         ],
     );
     // Planted on the host side of a read-only bind mount. On the host,
@@ -958,16 +874,16 @@ fn a_precompiled_artifact_in_an_image_is_refused() {
     import_hostile_image(
         &c,
         "/app.cwasm",
-        &[
-            Entry::File("/app.cwasm", cwasm.clone(), 0o755),
-            Entry::File("/app.wasm", cwasm.clone(), 0o644),
-            Entry::File("/wasitest.wasm", wasitest(), 0o755),
-            Entry::File(
+        vec![
+            file("/app.cwasm", cwasm.clone(), 0o755),
+            file("/app.wasm", cwasm.clone(), 0o644),
+            file("/wasitest.wasm", wasitest(), 0o755),
+            file(
                 "/fake-elf",
                 b"\x7fELF\x02\x01\x01\0not a program".to_vec(),
                 0o755,
             ),
-            Entry::File("/arm64-elf", arm64_elf(), 0o755),
+            file("/arm64-elf", arm64_elf(), 0o755),
         ],
     );
     for (name, args) in [
