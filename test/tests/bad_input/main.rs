@@ -1,7 +1,7 @@
 //! End-to-end: bad input of every kind fails with an error that names the
 //! container and the problem, surfaced to `ctr` (and, for a few cases, to
 //! CRI's StartContainer), and leaves nothing behind: no mount, process,
-//! cgroup, bundle or fifo. What test/tests/ctr.rs already covers (a missing
+//! cgroup, bundle or fifo. What test/tests/ctr/ already covers (a missing
 //! entrypoint, a text file, a truncated module, an unknown import, a missing
 //! export, a directory) is not repeated here.
 //!

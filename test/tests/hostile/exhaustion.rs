@@ -14,7 +14,7 @@ use super::containerd;
 /// `memory.grow` past the container's memory limit fails inside the guest
 /// (the engine's store limit), long before the cgroup's OOM killer; without
 /// a limit, at wasm32's 4 GiB. (A guest that touches memory past its cgroup
-/// limit is OOM-killed with TaskOOM: ctr.rs and cri.rs.)
+/// limit is OOM-killed with TaskOOM: tests/ctr and tests/cri.rs.)
 #[test]
 fn memory_growth_past_the_limit_fails_inside_the_guest() {
     let c = containerd();

@@ -15,10 +15,10 @@
 //! suite's own image, built at test time.
 //!
 //! What other suites already cover is not repeated here: `..` out of the root
-//! and plain writes to a read-only root or mount (ctr.rs), a guest touching
-//! memory past its cgroup limit being OOM-killed (ctr.rs, cri.rs), SIGTERM
-//! under a CPU quota (cri.rs), SIGKILL latency without one (kill_latency.rs),
-//! a changed cache artifact (ctr.rs) and the cache's unit tests.
+//! and plain writes to a read-only root or mount (tests/ctr), a guest touching
+//! memory past its cgroup limit being OOM-killed (tests/ctr, tests/cri.rs), SIGTERM
+//! under a CPU quota (tests/cri.rs), SIGKILL latency without one (tests/kill_latency.rs),
+//! a changed cache artifact (tests/ctr) and the cache's unit tests.
 //!
 //! The figures (throughput, RSS, fd counts) are printed on stderr: run with
 //! `-- --nocapture` to see them.

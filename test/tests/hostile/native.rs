@@ -105,7 +105,7 @@ fn a_precompiled_artifact_in_an_image_is_refused() {
 }
 
 /// Files planted in the node's cache by someone other than this node's shim
-/// (ctr.rs covers an artifact changed in place): a genuine artifact and tag
+/// (tests/ctr covers an artifact changed in place): a genuine artifact and tag
 /// of another node, for other code under this guest's name; an artifact
 /// without a tag; a symlink; a file of another owner. None is loaded: the
 /// guest always runs its own code.
