@@ -6,7 +6,7 @@
 //! - [`environment`]: what the tests run against (the shim and containerd
 //!   under test, its version) and the root check.
 //! - [`harness`]: [`Containerd`], `ctr` calls and their output.
-//! - [`daemon`]: starting and stopping a containerd process, for both kinds
+//! - `daemon`: starting and stopping a containerd process, for both kinds
 //!   of node.
 //! - [`leaks`]: what a container must not leave behind.
 //! - [`procfs`], [`cgroups`]: what the tests read from /proc and cgroupfs.

@@ -5,12 +5,12 @@
 //! [`CriNode::start`] creates a network namespace, writes a bridge CNI
 //! network and a containerd config with the runtime handler `wasmtime` →
 //! `io.containerd.wasmtime.v1` (and `runc`, which the CRI plugin requires;
-//! see [`config`]), starts containerd inside the namespace with
+//! see `config.rs`), starts containerd inside the namespace with
 //! `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the
 //! cgroups), and imports the locally built pause and test images. Dropping
 //! it removes every pod, stops containerd, kills anything left that names
 //! its directory, unmounts, and deletes the namespace. The CRI calls a test
-//! makes (pods, containers, their status) are in [`pods`].
+//! makes (pods, containers, their status) are in `pods.rs`.
 
 mod config;
 mod pods;
