@@ -68,7 +68,7 @@ $(IMAGES)/native-hello: images/native/hello.c
 	@mkdir -p $(IMAGES)
 	gcc -static -O2 -o $@ $<
 
-# The sandbox suite's attackers (test/tests/sandbox.rs): a wasm guest that tries
+# The sandbox suite's attackers (test/tests/sandbox/): a wasm guest that tries
 # every way out of its container, and a native sidecar that attacks its pod's
 # wasm containers through /proc.
 $(IMAGES)/escape.wasm: images/escape/escape.c

@@ -19,6 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cri::CriNode;
+use crate::images::{Entry, Image};
 use crate::registry::Registry;
 
 /// critest's default test container image (cri-tools'
@@ -85,36 +86,21 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         busybox.is_file(),
         "no /bin/busybox: install Debian's busybox (`make deps`)"
     );
-    let mut args: Vec<String> = vec![
-        "image".into(),
-        "--name".into(),
-        BUSYBOX.into(),
-        "--entrypoint".into(),
-        "/bin/sh".into(),
-        "--env".into(),
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-    ];
+    let bytes = fs::read(busybox).expect("read /bin/busybox");
+    let mut image = Image::new(BUSYBOX);
+    image.entrypoint = vec!["/bin/sh".into()];
+    image.env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
     for applet in BUSYBOX_APPLETS {
-        args.push("--file".into());
-        args.push(format!("{}:/bin/{applet}", busybox.display()));
+        image
+            .entries
+            .push(Entry::file(&format!("/bin/{applet}"), bytes.clone()));
     }
     for library in shared_libraries(busybox) {
-        args.push("--file".into());
-        args.push(format!("{library}:{library}"));
+        let bytes = fs::read(&library).unwrap_or_else(|e| panic!("{library}: {e}"));
+        image.entries.push(Entry::file(&library, bytes));
     }
     let out = dir.join("busybox.tar");
-    args.push("-o".into());
-    args.push(out.display().to_string());
-    let wasm_oci = crate::workspace().join("target/debug/wasm-oci");
-    let output = Command::new(&wasm_oci)
-        .args(&args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (`make build`)", wasm_oci.display()));
-    assert!(
-        output.status.success(),
-        "wasm-oci {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::images::write(&image, &out);
     out
 }
 
@@ -208,7 +194,7 @@ pub fn run(
         .current_dir(out_dir);
     let started = Instant::now();
     // A little longer than ginkgo's own timeout, so ginkgo reports first.
-    let output = crate::command_within(&mut command, timeout + Duration::from_secs(30));
+    let output = crate::harness::command_within(&mut command, timeout + Duration::from_secs(30));
     let log = out_dir.join(format!("{handler}.log"));
     if let Some(output) = &output {
         let _ = fs::write(&log, format!("{}{}", output.stdout, output.stderr));

@@ -33,7 +33,7 @@ impl Registry {
     /// Starts a registry on a free loopback port, inside network namespace
     /// `netns` if given, and waits until it answers.
     pub fn start(netns: Option<&str>) -> Self {
-        let dir = crate::tempdir();
+        let dir = crate::daemon::tempdir();
         let port = free_port(netns);
         let host = format!("127.0.0.1:{port}");
         let config = format!(
@@ -150,14 +150,8 @@ impl Registry {
     pub fn push_layout(&self, tarball: &Path, name: &str) {
         let layout = self.dir.join("layouts").join(name.replace([':', '/'], "_"));
         fs::create_dir_all(&layout).expect("layout dir");
-        let status = Command::new("tar")
-            .arg("-xf")
-            .arg(tarball)
-            .arg("-C")
-            .arg(&layout)
-            .status()
-            .expect("tar");
-        assert!(status.success(), "cannot unpack {}", tarball.display());
+        wasm_image_builder::unpack(tarball, &layout)
+            .unwrap_or_else(|e| panic!("cannot unpack {}: {e:#}", tarball.display()));
         let tag = layout_tag(&layout);
         self.oras(
             &self.dir,

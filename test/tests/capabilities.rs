@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::CriNode;
+use shim_tests::images::{HELLO_HTTP, WASM_TEST};
 use shim_tests::{unique_id, Containerd, CtrOutput};
 
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 const PREOPENS: &str = "wasmtime.containerd.io/preopens";
 const DEADLINE: &str = "wasmtime.containerd.io/deadline";
 
@@ -17,7 +18,7 @@ fn run_annotated(
     args: &[&str],
 ) -> (String, CtrOutput) {
     let id = unique_id(name);
-    let out = c.run(&id, IMAGE, &["--annotation", annotation], args);
+    let out = c.run(&id, WASM_TEST, &["--annotation", annotation], args);
     (id, out)
 }
 
@@ -69,7 +70,7 @@ fn the_preopens_annotation_narrows_what_the_guest_sees() {
     let annotation = format!("{PREOPENS}=/mnt/root");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--mount", &mount, "--annotation", &annotation],
         &cat("/data/hello.txt"),
     );
@@ -107,7 +108,7 @@ fn the_preopens_annotation_narrows_what_the_guest_sees() {
         let annotation = format!("{PREOPENS}={value}");
         let mut flags = vec!["--annotation", annotation.as_str()];
         flags.extend(extra);
-        let out = c.run(&id, IMAGE, &flags, &cat("/data/hello.txt"));
+        let out = c.run(&id, WASM_TEST, &flags, &cat("/data/hello.txt"));
         assert_ne!(out.code, 0, "{value}: {out:?}");
         for needle in [
             format!("container {id}"),
@@ -179,7 +180,7 @@ fn a_looping_guest_is_stopped_at_its_deadline() {
     let id = unique_id("baddeadline");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--annotation", &format!("{DEADLINE}=soon")],
         &["/wasitest.wasm", "hello"],
     );
@@ -206,7 +207,7 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
         .insert(PREOPENS.into(), "/data:ro".into());
     let pod = node.run_pod(&pod_config);
 
-    let mut config = CriNode::container_config("spin", IMAGE, &["/wasitest.wasm", "loop"]);
+    let mut config = CriNode::container_config("spin", WASM_TEST, &["/wasitest.wasm", "loop"]);
     if let Some(resources) = config.linux.as_mut() {
         resources.resources = Some(k8s_cri::v1::LinuxContainerResources {
             cpu_period: 100_000,
@@ -217,12 +218,9 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
     let began = Instant::now();
     let spin = node.start_container(&pod, &pod_config, config);
     std::thread::sleep(Duration::from_millis(1500));
-    let stat =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu,cpuacct/k8s.io/{spin}/cpu.stat"))
-            .or_else(|_| {
-                std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/k8s.io/{spin}/cpu.stat"))
-            })
-            .expect("the container's cpu cgroup");
+    let stat = Cgroup::container(shim_tests::cri::NAMESPACE, &spin)
+        .read("cpu", "cpu.stat")
+        .expect("the container's cpu cgroup");
     let throttled: u64 = stat
         .lines()
         .find_map(|l| l.strip_prefix("nr_throttled "))
@@ -244,14 +242,14 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
         &pod_config,
         CriNode::container_config(
             "reader",
-            IMAGE,
+            WASM_TEST,
             &["/wasitest.wasm", "cat", "/bin/wasitest-on-path.wasm"],
         ),
     );
     let status = node.wait_exited(&reader);
     assert_eq!(status.exit_code, 1, "{status:?}");
 
-    let mut bad = CriNode::container_config("bad", IMAGE, &["/wasitest.wasm", "hello"]);
+    let mut bad = CriNode::container_config("bad", WASM_TEST, &["/wasitest.wasm", "hello"]);
     bad.annotations.insert(PREOPENS.into(), "/data:rx".into());
     // CreateContainer only records the container; the shim sees it at start.
     let (bad, started) = node.try_start_container(&pod, &pod_config, bad);
@@ -274,7 +272,7 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
 fn cri_handlers_with_different_engine_options_share_a_node() {
     use shim_tests::cri::{BROKEN_HANDLER, GC_HANDLER, INLINE_HANDLER};
     let node = CriNode::start();
-    let gc = || CriNode::container_config("gc", IMAGE, &["/gc.wasm"]);
+    let gc = || CriNode::container_config("gc", WASM_TEST, &["/gc.wasm"]);
 
     // The default handler: no GC, a clear error at start.
     let plain_config = node.pod_config("plain");
@@ -344,12 +342,12 @@ fn ctr_takes_engine_options_from_a_runtime_config_file() {
     let with = format!("--runtime-config-path={}", options.display());
     let (_, out) = {
         let id = unique_id("gc");
-        let out = c.run(&id, IMAGE, &[&with], &["/gc.wasm"]);
+        let out = c.run(&id, WASM_TEST, &[&with], &["/gc.wasm"]);
         (id, out)
     };
     assert_eq!(out.code, 7, "{out:?}");
     let id = unique_id("nogc");
-    let out = c.run(&id, IMAGE, &[], &["/gc.wasm"]);
+    let out = c.run(&id, WASM_TEST, &[], &["/gc.wasm"]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
         out.stderr.contains(&format!("container {id}"))
@@ -364,7 +362,7 @@ fn ctr_takes_engine_options_from_a_runtime_config_file() {
     std::fs::write(&broken, "WasmGC = true\n").unwrap();
     let id = unique_id("badopts");
     let flag = format!("--runtime-config-path={}", broken.display());
-    let out = c.run(&id, IMAGE, &[&flag], &["/gc.wasm"]);
+    let out = c.run(&id, WASM_TEST, &[&flag], &["/gc.wasm"]);
     assert_ne!(out.code, 0, "{out:?}");
     let expected = format!(
         "container {id}: runtime options ({}): unknown field `WasmGC`",
@@ -414,7 +412,7 @@ fn the_network_annotation_narrows_what_the_guest_can_reach() {
     let flag = format!("{NETWORK}=connect:example.com:80");
     let out = c.run(
         &id,
-        IMAGE,
+        WASM_TEST,
         &["--annotation", &flag],
         &["/net.wasm", "connect", "127.0.0.1", "9"],
     );
@@ -434,7 +432,6 @@ fn the_network_annotation_narrows_what_the_guest_can_reach() {
 /// it connects; one whose container annotation says `none` cannot.
 #[test]
 fn cri_network_annotation_allows_only_the_listed_peers() {
-    const HTTP_IMAGE: &str = "localhost/wasmtime-shim/hello-http:latest";
     let node = CriNode::start();
     let mut pod_config = node.pod_config("netpod");
     pod_config
@@ -445,7 +442,7 @@ fn cri_network_annotation_allows_only_the_listed_peers() {
     let web = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("web", HTTP_IMAGE, &[]),
+        CriNode::container_config("web", HELLO_HTTP, &[]),
     );
     assert_eq!(
         node.wait_http(&format!("http://{ip}:8080/")).0,
@@ -454,8 +451,11 @@ fn cri_network_annotation_allows_only_the_listed_peers() {
     );
 
     let client = |name: &str, network: Option<&str>| {
-        let mut config =
-            CriNode::container_config(name, IMAGE, &["/net.wasm", "connect", "127.0.0.1", "8080"]);
+        let mut config = CriNode::container_config(
+            name,
+            WASM_TEST,
+            &["/net.wasm", "connect", "127.0.0.1", "8080"],
+        );
         if let Some(value) = network {
             config.annotations.insert(NETWORK.into(), value.into());
         }

@@ -18,9 +18,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shim_tests::cri::CriNode;
-use shim_tests::{env_count, unique_id, Containerd, CtrOutput};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
+use shim_tests::environment::env_count;
+use shim_tests::images::WASM_TEST;
+use shim_tests::{unique_id, Containerd, CtrOutput};
 
 /// Every ctr call answers within this, or the test fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,7 +51,7 @@ fn on_workers(n: usize, work: impl Fn(usize) + Sync) {
 }
 
 fn hello(c: &Containerd, id: &str, extra: &[&str]) -> CtrOutput {
-    let argv = c.run_args(id, IMAGE, extra, &["/wasitest.wasm", "hello"]);
+    let argv = c.run_args(id, WASM_TEST, extra, &["/wasitest.wasm", "hello"]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = c
         .ctr_within(&argv, CALL_TIMEOUT)
@@ -85,7 +85,7 @@ fn sockets_left(
         .map(|id| {
             (
                 id,
-                shim_tests::shim_socket(containerd_socket, namespace, id),
+                shim_tests::leaks::shim_socket(containerd_socket, namespace, id),
             )
         })
         .filter(|(_, s)| s.exists())
@@ -98,11 +98,11 @@ fn zombies(daemon: Option<i32>, more: &[i32]) -> Vec<(i32, i32)> {
     let mut parents: Vec<i32> = more.to_vec();
     if let Some(pid) = daemon {
         parents.push(pid);
-        if let Some((_, tini)) = shim_tests::proc_state(pid) {
+        if let Some((_, tini)) = shim_tests::procfs::proc_state(pid) {
             parents.push(tini);
         }
     }
-    shim_tests::zombies_of(&parents)
+    shim_tests::procfs::zombies_of(&parents)
 }
 
 fn per(total: Duration, n: usize) -> String {
@@ -128,7 +128,7 @@ fn short_lived_containers_each_with_their_own_shim_leave_nothing() {
     let mut left = c.leftovers(&ids.iter().map(String::as_str).collect::<Vec<_>>());
     left.extend(c.bundles().into_iter().map(|b| format!("bundle {b}")));
     left.extend(
-        shim_tests::fifos_under(c.dir())
+        shim_tests::leaks::fifos_under(c.dir())
             .into_iter()
             .map(|f| format!("fifo {}", f.display())),
     );
@@ -163,7 +163,7 @@ fn short_lived_containers_each_with_their_own_shim_leave_nothing() {
     }
     assert!(left.is_empty(), "left behind: {left:#?}");
     assert!(c.shims().is_empty(), "{:?}", c.shims());
-    let panics = shim_tests::panics_in(&c.log());
+    let panics = shim_tests::leaks::panics_in(&c.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }
 
@@ -181,9 +181,9 @@ struct ShimFigures {
 /// seen over a second.
 fn figures(pid: i32) -> ShimFigures {
     let sample = || ShimFigures {
-        fds: shim_tests::open_fds(pid),
-        rss_kib: shim_tests::rss_kib(pid),
-        threads: shim_tests::threads(pid),
+        fds: shim_tests::procfs::open_fds(pid),
+        rss_kib: shim_tests::procfs::rss_kib(pid),
+        threads: shim_tests::procfs::threads(pid),
     };
     let mut least = sample();
     for _ in 0..10 {
@@ -200,7 +200,7 @@ fn figures(pid: i32) -> ShimFigures {
 
 /// The shim's zygote(s): children of the shim named shim-zygote.
 fn zygotes(shim: i32) -> Vec<i32> {
-    shim_tests::children_of(shim)
+    shim_tests::procfs::children_of(shim)
         .into_iter()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -235,7 +235,10 @@ fn short_lived_containers_through_one_pod_shim_leave_it_as_it_was() {
     on_workers(n - warmup, |i| {
         hello(&c, &ids[warmup + i], &extra);
         if (warmup + i + 1).is_multiple_of(step) {
-            let (fds, rss) = (shim_tests::open_fds(shim), shim_tests::rss_kib(shim));
+            let (fds, rss) = (
+                shim_tests::procfs::open_fds(shim),
+                shim_tests::procfs::rss_kib(shim),
+            );
             trace
                 .lock()
                 .unwrap()
@@ -270,7 +273,7 @@ fn short_lived_containers_through_one_pod_shim_leave_it_as_it_was() {
     // this containerd runs.
     let sandbox_pid = c.task_pid(&sandbox).expect("the sandbox runs");
     left.extend(
-        shim_tests::processes_naming(&c.dir().to_string_lossy())
+        shim_tests::procfs::processes_naming(&c.dir().to_string_lossy())
             .into_iter()
             .filter(|(pid, cmd)| {
                 !parents.contains(pid)
@@ -331,13 +334,13 @@ fn short_lived_containers_through_one_pod_shim_leave_it_as_it_was() {
     all.push(&sandbox);
     c.assert_clean(&all);
     let pod = annotation.split_once('=').expect("key=value").1;
-    let socket = shim_tests::shim_socket(&c.socket(), shim_tests::NAMESPACE, pod);
+    let socket = shim_tests::leaks::shim_socket(&c.socket(), shim_tests::NAMESPACE, pod);
     assert!(
         !socket.exists(),
         "the pod shim's socket is left: {}",
         socket.display()
     );
-    let panics = shim_tests::panics_in(&c.log());
+    let panics = shim_tests::leaks::panics_in(&c.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }
 
@@ -358,9 +361,9 @@ fn links(netns: &str) -> Vec<String> {
 /// the container id) that name one of `pods`.
 fn ip_reservations(pods: &[String]) -> Vec<String> {
     let mut found = Vec::new();
-    for network in shim_tests::dir_names(std::path::Path::new("/var/lib/cni/networks")) {
+    for network in shim_tests::leaks::dir_names(std::path::Path::new("/var/lib/cni/networks")) {
         let dir = std::path::Path::new("/var/lib/cni/networks").join(&network);
-        for name in shim_tests::dir_names(&dir) {
+        for name in shim_tests::leaks::dir_names(&dir) {
             let holder = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
             if pods.iter().any(|p| holder.contains(p.as_str())) {
                 found.push(format!("IP {network}/{name}"));
@@ -382,7 +385,7 @@ fn pods_come_and_go_through_cri_and_leave_nothing() {
         let pod_config = node.pod_config(&name);
         let pod = node.run_pod(&pod_config);
         let netns = node.pod_netns(&pod);
-        let config = CriNode::container_config(&name, IMAGE, &["/wasitest.wasm", "hello"]);
+        let config = CriNode::container_config(&name, WASM_TEST, &["/wasitest.wasm", "hello"]);
         let id = node.start_container(&pod, &pod_config, config);
         let status = node.wait_exited(&id);
         assert_eq!(
@@ -414,7 +417,7 @@ fn pods_come_and_go_through_cri_and_leave_nothing() {
     );
     left.extend(node.bundles().into_iter().map(|b| format!("bundle {b}")));
     left.extend(
-        shim_tests::fifos_under(node.dir())
+        shim_tests::leaks::fifos_under(node.dir())
             .into_iter()
             .map(|f| format!("fifo {}", f.display())),
     );
@@ -457,6 +460,6 @@ fn pods_come_and_go_through_cri_and_leave_nothing() {
     );
     assert_eq!(without_netns, 0, "pods whose netns was not found");
     assert!(left.is_empty(), "left behind: {left:#?}");
-    let panics = shim_tests::panics_in(&node.log());
+    let panics = shim_tests::leaks::panics_in(&node.log());
     assert!(panics.is_empty(), "{panics:#?}");
 }

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 fn shim() -> Command {
-    Command::new(shim_tests::workspace().join("target/debug/containerd-shim-wasmtime-v1"))
+    Command::new(shim_tests::shim_binary())
 }
 
 /// Reads field 1 (`name`, a short string) of a RuntimeInfo protobuf.

@@ -2,17 +2,16 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::{http_response, share_pid_namespace, CriNode, HANDLER};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
-const HTTP_IMAGE: &str = "localhost/wasmtime-shim/hello-http:latest";
+use shim_tests::images::{HELLO_HTTP, HELLO_WASI, WASM_TEST};
 
 #[test]
 fn a_wasm_pod_runs_logs_and_is_torn_down() {
     let node = CriNode::start();
     let pod_config = node.pod_config("hello");
     let pod = node.run_pod(&pod_config);
-    let config = CriNode::container_config("hello", IMAGE, &["/wasitest.wasm", "hello"]);
+    let config = CriNode::container_config("hello", WASM_TEST, &["/wasitest.wasm", "hello"]);
     let id = node.start_container(&pod, &pod_config, config);
     let status = node.wait_exited(&id);
     assert_eq!(status.exit_code, 0, "{status:?}");
@@ -42,7 +41,8 @@ fn a_pod_past_its_memory_limit_reports_oomkilled() {
     let node = CriNode::start();
     let pod_config = node.pod_config("oom");
     let pod = node.run_pod(&pod_config);
-    let mut config = CriNode::container_config("oom", IMAGE, &["/wasitest.wasm", "alloc", "300"]);
+    let mut config =
+        CriNode::container_config("oom", WASM_TEST, &["/wasitest.wasm", "alloc", "300"]);
     config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
         resources: Some(k8s_cri::v1::LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
@@ -66,12 +66,12 @@ fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
     let wasm = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("wasm", IMAGE, &["/wasitest.wasm", "loop"]),
+        CriNode::container_config("wasm", WASM_TEST, &["/wasitest.wasm", "loop"]),
     );
     let native = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("sidecar", IMAGE, &["/native-hello", "sidecar"]),
+        CriNode::container_config("sidecar", WASM_TEST, &["/native-hello", "sidecar"]),
     );
     let status = node.wait_exited(&native);
     assert_eq!(status.exit_code, 0, "{status:?}");
@@ -117,7 +117,7 @@ fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
     let node = CriNode::start();
     let pod_config = node.pod_config("limits");
     let pod = node.run_pod(&pod_config);
-    let mut config = CriNode::container_config("spin", IMAGE, &["/wasitest.wasm", "loop"]);
+    let mut config = CriNode::container_config("spin", WASM_TEST, &["/wasitest.wasm", "loop"]);
     config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
         resources: Some(k8s_cri::v1::LinuxContainerResources {
             cpu_period: 100_000,
@@ -128,13 +128,9 @@ fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
     });
     let id = node.start_container(&pod, &pod_config, config);
     // CRI with the cgroupfs driver and no parent puts the container at /k8s.io/<id>.
-    let quota = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/cpu,cpuacct/k8s.io/{id}/cpu.cfs_quota_us"
-    ))
-    .or_else(|_| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/k8s.io/{id}/cpu.cfs_quota_us"))
-    })
-    .expect("the container's cpu cgroup");
+    let quota = Cgroup::container(shim_tests::cri::NAMESPACE, &id)
+        .read("cpu", "cpu.cfs_quota_us")
+        .expect("the container's cpu cgroup");
     assert_eq!(quota.trim(), "50000");
     // kubelet's StopContainer: SIGTERM, then SIGKILL after the grace period.
     // The looping guest stops on SIGTERM, long before the 10 s grace period.
@@ -169,8 +165,11 @@ fn twenty_pods_in_parallel_leave_nothing_behind() {
                     let name = format!("par{n}");
                     let pod_config = node.pod_config(&name);
                     let pod = node.run_pod(&pod_config);
-                    let config =
-                        CriNode::container_config(&name, IMAGE, &["/wasitest.wasm", "args", &name]);
+                    let config = CriNode::container_config(
+                        &name,
+                        WASM_TEST,
+                        &["/wasitest.wasm", "args", &name],
+                    );
                     let id = node.start_container(&pod, &pod_config, config);
                     let status = node.wait_exited(&id);
                     assert_eq!(status.exit_code, 0, "{name}: {status:?}");
@@ -210,7 +209,7 @@ fn a_config_map_style_volume_is_read_by_the_guest() {
     let pod = node.run_pod(&pod_config);
     let mut config = CriNode::container_config(
         "reader",
-        IMAGE,
+        WASM_TEST,
         &["/wasitest.wasm", "cat", "/etc/config/greeting"],
     );
     config.mounts = vec![k8s_cri::v1::Mount {
@@ -237,7 +236,7 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
     let web = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("web", HTTP_IMAGE, &[]),
+        CriNode::container_config("web", HELLO_HTTP, &[]),
     );
     // The default port, 8080, at the pod's IP.
     let (status, body) = node.wait_http(&format!("http://{ip}:8080/hello?n=1"));
@@ -252,7 +251,7 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
     assert_eq!(node.http_get(&format!("http://{ip}:8080/again")).0, 200);
 
     // A second server in the same pod (one network namespace) on its own port.
-    let mut second = CriNode::container_config("second", HTTP_IMAGE, &[]);
+    let mut second = CriNode::container_config("second", HELLO_HTTP, &[]);
     second.envs = vec![k8s_cri::v1::KeyValue {
         key: "PORT".into(),
         value: "8081".into(),
@@ -268,7 +267,7 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
     let (clash, started) = node.try_start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("clash", HTTP_IMAGE, &[]),
+        CriNode::container_config("clash", HELLO_HTTP, &[]),
     );
     let err = started.expect_err("a second server on port 8080");
     assert!(
@@ -314,7 +313,7 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
     let web2 = node.start_container(
         &pod2,
         &annotated,
-        CriNode::container_config("web", HTTP_IMAGE, &[]),
+        CriNode::container_config("web", HELLO_HTTP, &[]),
     );
     assert_eq!(node.wait_http(&format!("http://{ip2}:9000/")).0, 200);
 
@@ -328,7 +327,9 @@ fn a_pod_sharing_its_pid_namespace_runs_all_its_containers() {
     let node = CriNode::start();
     let mut pod_config = node.pod_config("shared");
     let mut configs: Vec<_> = (0..4)
-        .map(|n| CriNode::container_config(&format!("c{n}"), IMAGE, &["/wasitest.wasm", "hello"]))
+        .map(|n| {
+            CriNode::container_config(&format!("c{n}"), WASM_TEST, &["/wasitest.wasm", "hello"])
+        })
         .collect();
     share_pid_namespace(&mut pod_config, &mut configs.iter_mut().collect::<Vec<_>>());
     let pod = node.run_pod(&pod_config);
@@ -351,8 +352,7 @@ fn a_pod_runs_an_image_of_platform_wasi_wasm() {
     node.import("hello-wasi.tar", &["--all-platforms"]);
     let pod_config = node.pod_config("wasi");
     let pod = node.run_pod(&pod_config);
-    let config =
-        CriNode::container_config("wasi", "localhost/wasmtime-shim/hello-wasi:latest", &[]);
+    let config = CriNode::container_config("wasi", HELLO_WASI, &[]);
     let id = node.start_container(&pod, &pod_config, config);
     let status = node.wait_exited(&id);
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
@@ -415,7 +415,7 @@ fn seccomp_profiles_bind_wasm_guests_and_native_sidecars() {
     let linker = |name: &str| {
         let mut config = CriNode::container_config(
             name,
-            IMAGE,
+            WASM_TEST,
             &[
                 "/wasitest.wasm",
                 "do",
@@ -438,11 +438,11 @@ fn seccomp_profiles_bind_wasm_guests_and_native_sidecars() {
     // The runtime's default profile: the guest and a native sidecar run under
     // a filter, and wasmtime needs nothing it forbids.
     let looping = start(with_seccomp(
-        CriNode::container_config("loop", IMAGE, &["/wasitest.wasm", "loop"]),
+        CriNode::container_config("loop", WASM_TEST, &["/wasitest.wasm", "loop"]),
         runtime_default.clone(),
     ));
     let sidecar = start(with_seccomp(
-        CriNode::container_config("sidecar", IMAGE, &["/native-hello", "sleep"]),
+        CriNode::container_config("sidecar", WASM_TEST, &["/native-hello", "sleep"]),
         runtime_default.clone(),
     ));
     let default = start(with_seccomp(linker("default"), runtime_default));

@@ -66,7 +66,7 @@ fn seccomp_specs_pass_for_wasmtime_as_for_runc() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let leftovers = loop {
         let mut left = node.leftovers(&ids);
-        left.extend(shim_tests::cgroups_of("test.slice", &ids));
+        left.extend(shim_tests::cgroups::left("test.slice", &ids));
         left.extend(
             node.all_shims()
                 .into_iter()

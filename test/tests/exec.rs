@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use shim_tests::cri::CriNode;
+use shim_tests::images::WASM_TEST;
 use shim_tests::{unique_id, Containerd};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 fn exec(c: &Containerd, task: &str, exec_id: &str, args: &[&str]) -> shim_tests::CtrOutput {
     let mut argv = vec!["task", "exec", "--exec-id", exec_id, task];
@@ -53,7 +52,7 @@ fn exec_runs_a_wasm_program_in_the_running_container() {
     let c = Containerd::start();
     c.import("wasm-test.tar");
     let id = unique_id("exec");
-    c.run_detached(&id, IMAGE, &["/wasitest.wasm", "sleep"]);
+    c.run_detached(&id, WASM_TEST, &["/wasitest.wasm", "sleep"]);
 
     let out = exec(&c, &id, "hello", &["/wasitest.wasm", "hello"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -110,7 +109,7 @@ fn exec_runs_a_wasm_program_in_the_running_container() {
         "--rm",
         "--runtime",
         "io.containerd.wasmtime.v1",
-        IMAGE,
+        WASM_TEST,
         &tty,
         "/wasitest.wasm",
         "tty",
@@ -126,7 +125,7 @@ fn exec_runs_a_wasm_program_in_the_running_container() {
             "--rm",
             "--runtime",
             "io.containerd.wasmtime.v1",
-            IMAGE,
+            WASM_TEST,
             &typed,
             "/wasitest.wasm",
             "echo",
@@ -288,12 +287,12 @@ fn cri_exec_sync_serves_probes_in_wasm_and_native_containers() {
     let wasm = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("app", IMAGE, &["/wasitest.wasm", "sleep"]),
+        CriNode::container_config("app", WASM_TEST, &["/wasitest.wasm", "sleep"]),
     );
     let native = node.start_container(
         &pod,
         &pod_config,
-        CriNode::container_config("sidecar", IMAGE, &["/native-hello", "sleep"]),
+        CriNode::container_config("sidecar", WASM_TEST, &["/native-hello", "sleep"]),
     );
 
     // A readiness probe that fails until the app is ready, then succeeds.

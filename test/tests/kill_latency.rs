@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use shim_tests::images::WASM_TEST;
 use shim_tests::{unique_id, Containerd};
-
-const IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 /// Kills a looping guest with `signal` and returns (exit status, time from the
 /// kill request's answer to the guest process being gone).
 fn kill_looping_guest(c: &Containerd, id: &str, signal: &str) -> (String, Duration) {
-    c.run_detached(id, IMAGE, &["/wasitest.wasm", "loop"]);
+    c.run_detached(id, WASM_TEST, &["/wasitest.wasm", "loop"]);
     let pid = c.task_pid(id).expect("task pid");
     let out = c.ctr(&["task", "kill", "-s", signal, id]);
     assert_eq!(out.code, 0, "{out:?}");

@@ -17,8 +17,9 @@
 use std::path::PathBuf;
 
 use shim_tests::cri::CriNode;
+use shim_tests::images::images_dir;
 use shim_tests::registry::Registry;
-use shim_tests::{containerd_version, images_dir, unique_id, Containerd, CtrOutput, RUNTIME};
+use shim_tests::{containerd_version, unique_id, Containerd, CtrOutput, RUNTIME};
 
 const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";

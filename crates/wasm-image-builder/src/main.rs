@@ -19,14 +19,14 @@
 //! A module that calls component-model interfaces directly (the HTTP test
 //! guest) names the WIT world it was written against with `--wit`/`--world`;
 //! that world is embedded before encoding, as wit-bindgen would have done.
-
-mod layout;
+//!
+//! The image formats are built by the crate's library (src/lib.rs); this file
+//! is the command line and the component tooling.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use layout::{Blob, ImageLayout};
-use serde_json::json;
+use wasm_image_builder::{Entry, Image, ImageLayout};
 
 const USAGE: &str = "usage:
   wasm-oci image --name REF [--platform OS/ARCH] [--entrypoint ARG]... [--env K=V]... --file SRC:DEST... -o OUT.tar
@@ -117,46 +117,22 @@ fn image(options: &Options) -> Result<ImageLayout> {
     if options.files.is_empty() {
         bail!("an image needs at least one --file SRC:DEST");
     }
-    let mut files = Vec::new();
+    let mut image = Image::new(&name);
+    image.platform = (os.to_string(), arch.to_string());
+    image.entrypoint = options.entrypoint.clone();
+    image.env = options.env.clone();
     for (src, dest) in &options.files {
         let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-        files.push((dest.trim_start_matches('/').to_string(), bytes));
+        image.entries.push(Entry::file(dest, bytes));
     }
-    let layer = Blob::new(
-        "application/vnd.oci.image.layer.v1.tar",
-        layout::tar(&files)?,
-    );
-    let config = json!({
-        "architecture": arch,
-        "os": os,
-        "config": {
-            "Entrypoint": options.entrypoint,
-            "Env": options.env,
-            "WorkingDir": "/",
-        },
-        "rootfs": { "type": "layers", "diff_ids": [layer.digest()] },
-    });
-    let config = Blob::json("application/vnd.oci.image.config.v1+json", &config)?;
-    Ok(ImageLayout::new(
-        name,
-        config,
-        vec![layer],
-        Some((os, arch)),
-    ))
+    image.layout()
 }
 
 fn artifact(options: &Options) -> Result<ImageLayout> {
     let name = options.name.clone().context("--name is required")?;
     let path = options.wasm.as_ref().context("--wasm is required")?;
     let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let layer = Blob::new("application/wasm", wasm);
-    let config = json!({
-        "architecture": "wasm",
-        "os": "wasip1",
-        "layerDigests": [layer.digest()],
-    });
-    let config = Blob::json("application/vnd.wasm.config.v0+json", &config)?;
-    Ok(ImageLayout::new(name, config, vec![layer], None))
+    wasm_image_builder::artifact(&name, wasm)
 }
 
 /// Wraps a WASI preview 1 core module into a WASI 0.2 component with the

@@ -1,6 +1,7 @@
 //! `make demo`: runs the hello wasm image through a private containerd with
 //! this shim, prints what the guest printed, and stops everything again.
 
+use shim_tests::images::HELLO;
 use shim_tests::{unique_id, Containerd, RUNTIME};
 
 fn main() {
@@ -11,7 +12,7 @@ fn main() {
     let containerd = Containerd::start();
     containerd.import("hello.tar");
     let id = unique_id("demo");
-    let image = "localhost/wasmtime-shim/hello:latest";
+    let image = HELLO;
     println!("$ ctr run --rm --runtime {RUNTIME} {image} {id}");
     let out = containerd.run(&id, image, &[], &[]);
     print!("{}", out.stdout);

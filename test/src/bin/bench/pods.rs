@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::ContainerState;
 use shim_tests::cri::CriNode;
+use shim_tests::images::WASM_TEST;
 use shim_tests::unique_id;
-
-const TEST_IMAGE: &str = "localhost/wasmtime-shim/wasm-test:latest";
 
 /// One pod from RunPodSandbox until its container has exited, in ms.
 fn pod_start(node: &CriNode, handler: &str) -> f64 {
@@ -21,7 +20,7 @@ fn pod_start(node: &CriNode, handler: &str) -> f64 {
     };
     let began = Instant::now();
     let pod = node.run_pod_with(&config, handler);
-    let container = CriNode::container_config("hello", TEST_IMAGE, command);
+    let container = CriNode::container_config("hello", WASM_TEST, command);
     let id = node.start_container(&pod, &config, container);
     let deadline = began + Duration::from_secs(30);
     loop {
