@@ -20,7 +20,7 @@ DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
 DEBS := target/debs
 CONTAINERD_MATRIX := 1.7 2.1
 
-.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test e2e-matrix manifest-test bench fmt lint clean
+.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test e2e-matrix manifest-test bench fmt lint clean conformance
 
 help:
 	@echo "make demo     run a wasm program through a private containerd with this shim"
@@ -291,3 +291,12 @@ lint:
 
 clean:
 	rm -rf $(IMAGES)
+
+# Kubernetes' CRI conformance suite (critest, every spec) for handler runc and
+# then wasmtime on one private containerd; fails unless every spec that passes
+# for runc passes for wasmtime (test/tests/critest.rs). critest comes from
+# CRITEST, ../shared/tools/cri-tools or PATH; the test says what is missing.
+CONFORMANCE_TIMEOUT ?= 1500
+conformance: build images
+	CRITEST_FOCUS= CRITEST_TIMEOUT=$(CONFORMANCE_TIMEOUT) \
+		$(CARGO) test -p shim-tests --test critest -- --nocapture

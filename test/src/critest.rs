@@ -164,7 +164,7 @@ pub struct Run {
 }
 
 /// Runs `critest` against `node`'s CRI socket with runtime handler `handler`
-/// and `--ginkgo.focus focus`, inside the node's network namespace (where its
+/// and `--ginkgo.focus focus` (every spec when empty), inside the node's network namespace (where its
 /// pods and streaming server are), killing it (by PID) after `timeout`. The
 /// JSON report and the output are kept in `out_dir/<handler>.json|.log`.
 /// Panics if critest wrote no report; a failing spec is a result, not a panic.
@@ -187,7 +187,11 @@ pub fn run(
         .args(["--runtime-endpoint", &endpoint])
         .args(["--image-endpoint", &endpoint])
         .args(["--runtime-handler", handler])
-        .args(["--ginkgo.focus", focus])
+        .args(if focus.is_empty() {
+            vec![]
+        } else {
+            vec!["--ginkgo.focus", focus]
+        })
         .arg("--ginkgo.no-color")
         .arg(format!("--ginkgo.timeout={}s", timeout.as_secs()))
         .arg(format!("--ginkgo.json-report={}", report.display()))

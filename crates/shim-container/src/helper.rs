@@ -167,10 +167,27 @@ fn build_container(
 /// layer's name as `process.args`: libcontainer's init refuses to run a
 /// process without arguments.
 ///
+/// `linux.rootfsPropagation` in runc's recursive spelling (`rshared`, what
+/// CRI writes for a Bidirectional mount, `rslave` for HostToContainer) is
+/// given to libcontainer as the plain word it knows; libcontainer makes the
+/// root's propagation recursive either way.
+///
 /// Changes what libcontainer is given (see [`Bundle::stage`]), never containerd's file.
 fn adapt_spec(spec: &mut Spec, layer: Option<&LayerFile>) {
     use libcgroups::common::{get_cgroup_setup, CgroupSetup};
     use oci_spec::runtime::LinuxNamespaceType;
+    if let Some(linux) = spec.linux_mut().as_mut() {
+        let plain = match linux.rootfs_propagation().as_deref() {
+            Some("rshared") => Some("shared"),
+            Some("rslave") => Some("slave"),
+            Some("rprivate") => Some("private"),
+            Some("runbindable") => Some("unbindable"),
+            _ => None,
+        };
+        if let Some(plain) = plain {
+            linux.set_rootfs_propagation(Some(plain.to_string()));
+        }
+    }
     if let (Some(layer), Some(process)) = (layer, spec.process_mut().as_mut()) {
         if process.args().as_ref().is_none_or(|args| args.is_empty()) {
             log::debug!("no command: the wasm layer runs as {:?}", layer.name);
@@ -450,5 +467,23 @@ mod tests {
         let mut spec = spec_with_args(&[]);
         adapt_spec(&mut spec, None);
         assert!(args(&spec).is_empty(), "only a layer gets a default");
+    }
+
+    #[test]
+    fn runcs_recursive_root_propagation_reaches_libcontainer_as_a_word_it_knows() {
+        for (given, passed) in [
+            ("rshared", "shared"),
+            ("rslave", "slave"),
+            ("rprivate", "private"),
+            ("shared", "shared"),
+        ] {
+            let mut spec = spec_with_args(&["a.wasm"]);
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_rootfs_propagation(Some(given.into()));
+            spec.set_linux(Some(linux));
+            adapt_spec(&mut spec, None);
+            let linux = spec.linux().as_ref().unwrap();
+            assert_eq!(linux.rootfs_propagation().as_deref(), Some(passed));
+        }
     }
 }
