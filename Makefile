@@ -20,16 +20,47 @@ DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
 DEBS := target/debs
 CONTAINERD_MATRIX := 1.7 2.1
 
-.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test e2e-matrix manifest-test bench fmt lint clean
+.PHONY: help demo test deps unit-test e2e-test e2e-matrix manifest-test \
+	build release install images installer-debs installer-image bench bench-deps soak fuzz \
+	fmt lint clean
 
 help:
-	@echo "make demo     run a wasm program through a private containerd with this shim"
-	@echo "make test     unit tests + end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
-	@echo "make bench    start latency and memory vs runc, one run (report in target/bench/)"
-	@echo "make soak     churn: SOAK_COUNT (5000) containers, SOAK_PODS (1000) pods, then a leak count (root)"
-	@echo "make build | release | install | images | deps | fmt | lint"
-	@echo "make fuzz     every fuzz target for FUZZ_SECONDS (30) each, nightly + cargo-fuzz (docs/reliability.md)"
-	@echo "make installer-image   the node installer's OCI image, static binaries (docs/installation.md)"
+	@echo "make demo             run a wasm program through a private containerd with this shim (root)"
+	@echo "make test             unit tests, fuzzing, end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
+	@echo "make deps             everything make test needs, if missing (root): packages, kubernetes-validate,"
+	@echo "                      nightly + cargo-fuzz, containerd 1.7/2.1 and oras unpacked into $(DEBS)"
+	@echo "make unit-test        every crate's unit tests"
+	@echo "make e2e-test         the end-to-end suites against the machine's containerd (root)"
+	@echo "make e2e-matrix       the shim-tests suites against containerd $(CONTAINERD_MATRIX) from $(DEBS) (root)"
+	@echo "make manifest-test    deploy/'s manifests against the Kubernetes schemas"
+	@echo "make build            every debug target"
+	@echo "make release          the shim, release build"
+	@echo "make install          the release shim to $(PREFIX)/bin"
+	@echo "make images           the demo and test images into $(IMAGES)"
+	@echo "make installer-debs   containerd 1.7/2.1 and oras unpacked into $(DEBS)"
+	@echo "make installer-image  the node installer's OCI image, static binaries (docs/installation.md)"
+	@echo "make bench            start latency and memory vs runc, one run (report in target/bench/)"
+	@echo "make bench-deps       make deps, plus wrk and componentize-py"
+	@echo "make soak             churn: SOAK_COUNT (5000) containers, SOAK_PODS (1000) pods, then a leak count (root)"
+	@echo "make fuzz             every fuzz target for FUZZ_SECONDS (30) each, nightly + cargo-fuzz (docs/reliability.md)"
+	@echo "make fmt | lint       cargo fmt; fmt --check and clippy -D warnings"
+	@echo "make clean            remove $(IMAGES)"
+
+# $(call apt-install,PACKAGES): installs those of PACKAGES that are missing
+# (Debian/Ubuntu, as root).
+define apt-install
+@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+	echo "installing:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+fi
+endef
+
+# $(call package,NAME,FIELD): FIELD (version, manifest_path) of the package NAME
+# in `cargo metadata`: the WIT files wasmtime ships and its CLI of the same
+# version are those of the exact wasmtime this workspace builds on.
+package = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
+	'import json,sys; print(next(p["$(2)"] for p in json.load(sys.stdin)["packages"] if p["name"] == "$(1)"))')
 
 build:
 	$(CARGO_BUILD)
@@ -42,11 +73,7 @@ install: release
 
 # Installs what is missing (Debian/Ubuntu, as root).
 deps:
-	@missing=""; for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	$(call apt-install,$(DEPS))
 	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
 	@rustup run nightly rustc -V >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
@@ -115,15 +142,13 @@ $(IMAGES)/hello.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 		--file $<:/hello.wasm -o $@
 
 # The HTTP guest calls wasi:http directly; its WIT is the one wasmtime-wasi-http ships.
-WASI_HTTP_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
-	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http") + "/wit")')
+WASI_HTTP_WIT = $(dir $(call package,wasmtime-wasi-http,manifest_path))wit
 
 WASI_HTTP_VERSION = $(shell sed -n 's/^package wasi:http@\(.*\);/\1/p' $(WASI_HTTP_WIT)/deps/http.wit)
 
 # A command calling wasi:sockets directly, against the WIT wasmtime-wasi ships
 # (its world of imports; the command adapter exports wasi:cli/run).
-WASI_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
-	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi") + "/src/p2/wit")')
+WASI_WIT = $(dir $(call package,wasmtime-wasi,manifest_path))src/p2/wit
 
 $(IMAGES)/net.core.wasm: images/net/net.c
 	@mkdir -p $(IMAGES)
@@ -170,7 +195,7 @@ images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-wasi.tar $(I
 # --- the node installer (crates/node-installer, deploy/daemonset.yaml) -------
 # Its tests start containerd 1.7 and 2.1 from Debian's packages, unpacked here.
 installer-debs:
-	test/fetch-debs.sh target/debs
+	test/fetch-debs.sh $(DEBS)
 
 # The installer image: the installer and the shim, both static (the image has
 # no libc), in their own target dir so they do not rebuild the debug tree.
@@ -191,8 +216,6 @@ installer-image: $(WASM_OCI)
 		--file $(STATIC_BIN)/containerd-wasmtime-installer:/containerd-wasmtime-installer \
 		--file $(STATIC_BIN)/$(SHIM):/$(SHIM) -o $(IMAGES)/installer.tar
 	@echo "$(IMAGES)/installer.tar: $(INSTALLER_IMAGE)"
-
-.PHONY: installer-debs installer-image
 
 # --- the README's two commands ----------------------------------------------
 demo: deps build images
@@ -234,15 +257,14 @@ test: deps unit-test manifest-test fuzz
 # Numbers, not pass/fail, so not part of `make test`. The harness is a debug
 # build; the shim it measures is the release build. The reference `wasmtime
 # serve` is the CLI of the same wasmtime version (built once into target/tools).
-WASMTIME_VERSION = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
-	'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime"))')
+WASMTIME_VERSION = $(call package,wasmtime,version)
 WASMTIME_CLI ?= target/tools/bin/wasmtime
 
 $(WASMTIME_CLI):
 	$(CARGO) install --locked --root target/tools wasmtime-cli --version $(WASMTIME_VERSION)
 
 bench-deps: deps
-	@dpkg -s wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(call apt-install,wrk)
 	@command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py
 
 bench: bench-deps build release images $(IMAGES)/python-http.tar $(WASMTIME_CLI)
@@ -256,8 +278,6 @@ SOAK_PODS ?= 1000
 soak: build images
 	CHURN_COUNT=$(SOAK_COUNT) CHURN_PODS=$(SOAK_PODS) \
 		$(CARGO) test -p shim-tests --test churn -- --test-threads=2 --nocapture
-
-.PHONY: soak
 
 # --- fuzzing: fuzz/, a cargo-fuzz crate in a workspace of its own -----------
 # Each target for FUZZ_SECONDS from the committed corpus (read only: new inputs
@@ -279,8 +299,6 @@ fuzz:
 	done; \
 	if [ -n "$$failed" ]; then echo "== fuzz: crashes in:$$failed (fuzz/artifacts/)"; exit 1; fi; \
 	echo "== fuzz: no crash in $(FUZZ_TARGETS)"
-
-.PHONY: fuzz
 
 fmt:
 	$(CARGO) fmt --all
