@@ -20,16 +20,17 @@ DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
 DEBS := target/debs
 CONTAINERD_MATRIX := 1.7 2.1
 
-.PHONY: help demo test deps unit-test e2e-test e2e-matrix manifest-test \
+.PHONY: help demo check test deps unit-test e2e-test e2e-matrix manifest-test \
 	build release install images installer-debs installer-image bench bench-deps soak fuzz \
 	fmt lint clean
 
 help:
 	@echo "make demo             run a wasm program through a private containerd with this shim (root)"
+	@echo "make check            fmt, clippy, and the tests that need neither root nor containerd"
 	@echo "make test             unit tests, fuzzing, end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
 	@echo "make deps             everything make test needs, if missing (root): packages, kubernetes-validate,"
 	@echo "                      nightly + cargo-fuzz, containerd 1.7/2.1 and oras unpacked into $(DEBS)"
-	@echo "make unit-test        every crate's unit tests"
+	@echo "make unit-test        every crate's unit tests, the root-only ones included"
 	@echo "make e2e-test         the end-to-end suites against the machine's containerd (root)"
 	@echo "make e2e-matrix       the shim-tests suites against containerd $(CONTAINERD_MATRIX) from $(DEBS) (root)"
 	@echo "make manifest-test    deploy/'s manifests against the Kubernetes schemas"
@@ -217,14 +218,21 @@ installer-image: $(WASM_OCI)
 		--file $(STATIC_BIN)/$(SHIM):/$(SHIM) -o $(IMAGES)/installer.tar
 	@echo "$(IMAGES)/installer.tar: $(INSTALLER_IMAGE)"
 
-# --- the README's two commands ----------------------------------------------
+# --- the README's commands ---------------------------------------------------
 demo: deps build images
 	$(CARGO) run -q -p shim-tests --bin demo
 
-# Both select the whole workspace (as `build` does), so cargo resolves the same
+# Everyday work, no root and no containerd: formatting, clippy, every crate's
+# unit tests and the installer's fake-node tests (tests/flavours.rs). Unit
+# tests that need root are #[ignore]d; unit-test (make test) runs them. Needs
+# the packages of make deps for the build (once, as root).
+check: lint
+	$(CARGO) test --workspace --lib --bins --test flavours
+
+# All select the whole workspace (as `build` does), so cargo resolves the same
 # features for every run and compiles wasmtime once.
 unit-test:
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --workspace --lib --bins -- --include-ignored
 
 e2e-test: build images installer-debs
 	@echo "== e2e tests against containerd $$(containerd --version | cut -d' ' -f3) (the machine's)"
