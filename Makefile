@@ -9,10 +9,23 @@ SHIM := containerd-shim-wasmtime-v1
 # Every debug build selects the same packages and targets, so cargo unifies the
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
-# Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc,
-# libseccomp for libcontainer, the dynamic busybox critest's stand-in images are
-# built from: test/src/critest.rs).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry busybox
+# The demo builds only what it runs: the shim, the demo runner and wasm-oci, in
+# one build. Cargo resolves the same features for wasmtime and everything under
+# it as for CARGO_BUILD (`cargo build --unit-graph` shows it), so a later
+# `make build` or `make test` reuses that wasmtime; it recompiles only toml's
+# four small crates, shim-task and the shim binary (node-installer's toml_edit
+# turns on their default features).
+DEMO_BUILD := $(CARGO) build -p containerd-shim-wasmtime -p shim-tests -p wasm-image-builder \
+	--bin $(SHIM) --bin demo --bin wasm-oci
+# Debian packages the demo needs: containerd 1.6 (with runc) under tini, as
+# the harness runs it (test/src/lib.rs); clang + wasi-libc for hello.wasm; gcc,
+# libseccomp (libcontainer) and protoc (containerd's and the CRI's gRPC
+# definitions) for the Rust build; procps's kill.
+DEMO_DEPS := containerd runc tini clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler procps
+# ... and the tests too: CNI plugins and iproute2 for the CRI node, curl,
+# docker-registry for the registry suite, the dynamic busybox critest's
+# stand-in images are built from (test/src/critest.rs).
+DEPS := $(DEMO_DEPS) iproute2 containernetworking-plugins curl docker-registry busybox
 
 # The compatibility matrix: besides the machine's containerd (1.6, Debian 12),
 # the e2e suites run against these, Debian trixie's (1.7) and sid's (2.1)
@@ -20,12 +33,14 @@ DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
 DEBS := target/debs
 CONTAINERD_MATRIX := 1.7 2.1
 
-.PHONY: help demo check test deps unit-test e2e-test e2e-matrix manifest-test \
+.PHONY: help demo demo-deps check test deps unit-test e2e-test e2e-matrix manifest-test \
 	build release install images installer-debs installer-image bench bench-deps soak fuzz \
 	fmt lint clean
 
 help:
-	@echo "make demo             run a wasm program through a private containerd with this shim (root)"
+	@echo "make demo             run a wasm program through a private containerd with this shim (root;"
+	@echo "                      installs and builds only what it uses)"
+	@echo "make demo-deps        the Debian packages the demo needs, if missing (root)"
 	@echo "make check            fmt, clippy, and the tests that need neither root nor containerd"
 	@echo "make test             unit tests, fuzzing, end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
 	@echo "make deps             everything make test needs, if missing (root): packages, kubernetes-validate,"
@@ -73,6 +88,9 @@ install: release
 	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 
 # Installs what is missing (Debian/Ubuntu, as root).
+demo-deps:
+	$(call apt-install,$(DEMO_DEPS))
+
 deps:
 	$(call apt-install,$(DEPS))
 	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
@@ -219,13 +237,18 @@ installer-image: $(WASM_OCI)
 	@echo "$(IMAGES)/installer.tar: $(INSTALLER_IMAGE)"
 
 # --- the README's commands ---------------------------------------------------
-demo: deps build images
-	$(CARGO) run -q -p shim-tests --bin demo
+# The demo: its packages, DEMO_BUILD (also wasm-oci's recipe here, when hello.tar
+# needs it first), hello.tar, and the runner, run as built (`cargo run -p
+# shim-tests` would resolve other features and compile again).
+demo: CARGO_BUILD = $(DEMO_BUILD)
+demo: demo-deps $(IMAGES)/hello.tar
+	$(DEMO_BUILD)
+	target/debug/demo
 
 # Everyday work, no root and no containerd: formatting, clippy, every crate's
 # unit tests and the installer's fake-node tests (tests/flavours.rs). Unit
 # tests that need root are #[ignore]d; unit-test (make test) runs them. Needs
-# the packages of make deps for the build (once, as root).
+# the demo's packages for the build (make demo-deps, once, as root).
 check: lint
 	$(CARGO) test --workspace --lib --bins --test flavours
 
