@@ -9,10 +9,23 @@ SHIM := containerd-shim-wasmtime-v1
 # Every debug build selects the same packages and targets, so cargo unifies the
 # same features each time and never compiles wasmtime twice.
 CARGO_BUILD := $(CARGO) build --workspace --all-targets
-# Debian packages the tests and the demo need (containerd 1.6, runc, clang + wasi-libc,
-# libseccomp for libcontainer, the dynamic busybox critest's stand-in images are
-# built from: test/src/critest.rs).
-DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler iproute2 containernetworking-plugins tini curl docker-registry busybox
+# The demo builds only what it runs: the shim, the demo runner and wasm-oci, in
+# one build. Cargo resolves the same features for wasmtime and everything under
+# it as for CARGO_BUILD (`cargo build --unit-graph` shows it), so a later
+# `make build` or `make test` reuses that wasmtime; it recompiles only toml's
+# four small crates, shim-task and the shim binary (node-installer's toml_edit
+# turns on their default features).
+DEMO_BUILD := $(CARGO) build -p containerd-shim-wasmtime -p shim-tests -p wasm-image-builder \
+	--bin $(SHIM) --bin demo --bin wasm-oci
+# Debian packages the demo needs: containerd 1.6 (with runc) under tini, as
+# the harness runs it (test/src/lib.rs); clang + wasi-libc for hello.wasm; gcc,
+# libseccomp (libcontainer) and protoc (containerd's and the CRI's gRPC
+# definitions) for the Rust build; procps's kill.
+DEMO_DEPS := containerd runc tini clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev libseccomp-dev protobuf-compiler procps
+# ... and the tests too: CNI plugins and iproute2 for the CRI node, curl,
+# docker-registry for the registry suite, the dynamic busybox critest's
+# stand-in images are built from (test/src/critest.rs).
+DEPS := $(DEMO_DEPS) iproute2 containernetworking-plugins curl docker-registry busybox
 
 # The compatibility matrix: besides the machine's containerd (1.6, Debian 12),
 # the e2e suites run against these, Debian trixie's (1.7) and sid's (2.1)
@@ -20,16 +33,51 @@ DEPS := containerd runc clang lld wasi-libc libclang-rt-dev-wasm32 gcc libc6-dev
 DEBS := target/debs
 CONTAINERD_MATRIX := 1.7 2.1
 
-.PHONY: help build release install deps bench-deps images demo test unit-test e2e-test e2e-matrix manifest-test bench fmt lint clean conformance
+.PHONY: help demo demo-deps check test deps unit-test e2e-test e2e-matrix manifest-test \
+	build release install images installer-debs installer-image bench bench-deps soak fuzz \
+	fmt lint clean conformance
 
 help:
-	@echo "make demo     run a wasm program through a private containerd with this shim"
-	@echo "make test     unit tests + end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
-	@echo "make bench    start latency and memory vs runc, one run (report in target/bench/)"
-	@echo "make soak     churn: SOAK_COUNT (5000) containers, SOAK_PODS (1000) pods, then a leak count (root)"
-	@echo "make build | release | install | images | deps | fmt | lint"
-	@echo "make fuzz     every fuzz target for FUZZ_SECONDS (30) each, nightly + cargo-fuzz (docs/reliability.md)"
-	@echo "make installer-image   the node installer's OCI image, static binaries (docs/installation.md)"
+	@echo "make demo             run a wasm program through a private containerd with this shim (root;"
+	@echo "                      installs and builds only what it uses)"
+	@echo "make demo-deps        the Debian packages the demo needs, if missing (root)"
+	@echo "make check            fmt, clippy, and the tests that need neither root nor containerd"
+	@echo "make test             unit tests, fuzzing, end-to-end tests against real containerd 1.6, 1.7, 2.1 (root)"
+	@echo "make deps             everything make test needs, if missing (root): packages, kubernetes-validate,"
+	@echo "                      nightly + cargo-fuzz, containerd 1.7/2.1 and oras unpacked into $(DEBS)"
+	@echo "make unit-test        every crate's unit tests, the root-only ones included"
+	@echo "make e2e-test         the end-to-end suites against the machine's containerd (root)"
+	@echo "make e2e-matrix       the shim-tests suites against containerd $(CONTAINERD_MATRIX) from $(DEBS) (root)"
+	@echo "make manifest-test    deploy/'s manifests against the Kubernetes schemas"
+	@echo "make conformance      critest (Kubernetes' CRI suite), every spec, runc then wasmtime; no regression (root)"
+	@echo "make build            every debug target"
+	@echo "make release          the shim, release build"
+	@echo "make install          the release shim to $(PREFIX)/bin"
+	@echo "make images           the demo and test images into $(IMAGES)"
+	@echo "make installer-debs   containerd 1.7/2.1 and oras unpacked into $(DEBS)"
+	@echo "make installer-image  the node installer's OCI image, static binaries (docs/installation.md)"
+	@echo "make bench            start latency and memory vs runc, one run (report in target/bench/)"
+	@echo "make bench-deps       make deps, plus wrk and componentize-py"
+	@echo "make soak             churn: SOAK_COUNT (5000) containers, SOAK_PODS (1000) pods, then a leak count (root)"
+	@echo "make fuzz             every fuzz target for FUZZ_SECONDS (30) each, nightly + cargo-fuzz (docs/reliability.md)"
+	@echo "make fmt | lint       cargo fmt; fmt --check and clippy -D warnings"
+	@echo "make clean            remove $(IMAGES)"
+
+# $(call apt-install,PACKAGES): installs those of PACKAGES that are missing
+# (Debian/Ubuntu, as root).
+define apt-install
+@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+	echo "installing:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+fi
+endef
+
+# $(call package,NAME,FIELD): FIELD (version, manifest_path) of the package NAME
+# in `cargo metadata`: the WIT files wasmtime ships and its CLI of the same
+# version are those of the exact wasmtime this workspace builds on.
+package = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
+	'import json,sys; print(next(p["$(2)"] for p in json.load(sys.stdin)["packages"] if p["name"] == "$(1)"))')
 
 build:
 	$(CARGO_BUILD)
@@ -41,12 +89,11 @@ install: release
 	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 
 # Installs what is missing (Debian/Ubuntu, as root).
+demo-deps:
+	$(call apt-install,$(DEMO_DEPS))
+
 deps:
-	@missing=""; for p in $(DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	$(call apt-install,$(DEPS))
 	@command -v kubernetes-validate >/dev/null || python3 -m pip install --quiet kubernetes-validate
 	@rustup run nightly rustc -V >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
@@ -115,15 +162,13 @@ $(IMAGES)/hello.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 		--file $<:/hello.wasm -o $@
 
 # The HTTP guest calls wasi:http directly; its WIT is the one wasmtime-wasi-http ships.
-WASI_HTTP_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
-	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http") + "/wit")')
+WASI_HTTP_WIT = $(dir $(call package,wasmtime-wasi-http,manifest_path))wit
 
 WASI_HTTP_VERSION = $(shell sed -n 's/^package wasi:http@\(.*\);/\1/p' $(WASI_HTTP_WIT)/deps/http.wit)
 
 # A command calling wasi:sockets directly, against the WIT wasmtime-wasi ships
 # (its world of imports; the command adapter exports wasi:cli/run).
-WASI_WIT = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
-	'import json,sys,os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi") + "/src/p2/wit")')
+WASI_WIT = $(dir $(call package,wasmtime-wasi,manifest_path))src/p2/wit
 
 $(IMAGES)/net.core.wasm: images/net/net.c
 	@mkdir -p $(IMAGES)
@@ -170,7 +215,7 @@ images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-wasi.tar $(I
 # --- the node installer (crates/node-installer, deploy/daemonset.yaml) -------
 # Its tests start containerd 1.7 and 2.1 from Debian's packages, unpacked here.
 installer-debs:
-	test/fetch-debs.sh target/debs
+	test/fetch-debs.sh $(DEBS)
 
 # The installer image: the installer and the shim, both static (the image has
 # no libc), in their own target dir so they do not rebuild the debug tree.
@@ -192,16 +237,26 @@ installer-image: $(WASM_OCI)
 		--file $(STATIC_BIN)/$(SHIM):/$(SHIM) -o $(IMAGES)/installer.tar
 	@echo "$(IMAGES)/installer.tar: $(INSTALLER_IMAGE)"
 
-.PHONY: installer-debs installer-image
+# --- the README's commands ---------------------------------------------------
+# The demo: its packages, DEMO_BUILD (also wasm-oci's recipe here, when hello.tar
+# needs it first), hello.tar, and the runner, run as built (`cargo run -p
+# shim-tests` would resolve other features and compile again).
+demo: CARGO_BUILD = $(DEMO_BUILD)
+demo: demo-deps $(IMAGES)/hello.tar
+	$(DEMO_BUILD)
+	target/debug/demo
 
-# --- the README's two commands ----------------------------------------------
-demo: deps build images
-	$(CARGO) run -q -p shim-tests --bin demo
+# Everyday work, no root and no containerd: formatting, clippy, every crate's
+# unit tests and the installer's fake-node tests (tests/flavours.rs). Unit
+# tests that need root are #[ignore]d; unit-test (make test) runs them. Needs
+# the demo's packages for the build (make demo-deps, once, as root).
+check: lint
+	$(CARGO) test --workspace --lib --bins --test flavours
 
-# Both select the whole workspace (as `build` does), so cargo resolves the same
+# All select the whole workspace (as `build` does), so cargo resolves the same
 # features for every run and compiles wasmtime once.
 unit-test:
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --workspace --lib --bins -- --include-ignored
 
 e2e-test: build images installer-debs
 	@echo "== e2e tests against containerd $$(containerd --version | cut -d' ' -f3) (the machine's)"
@@ -234,15 +289,14 @@ test: deps unit-test manifest-test fuzz
 # Numbers, not pass/fail, so not part of `make test`. The harness is a debug
 # build; the shim it measures is the release build. The reference `wasmtime
 # serve` is the CLI of the same wasmtime version (built once into target/tools).
-WASMTIME_VERSION = $(shell $(CARGO) metadata --format-version 1 --locked | python3 -c \
-	'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime"))')
+WASMTIME_VERSION = $(call package,wasmtime,version)
 WASMTIME_CLI ?= target/tools/bin/wasmtime
 
 $(WASMTIME_CLI):
 	$(CARGO) install --locked --root target/tools wasmtime-cli --version $(WASMTIME_VERSION)
 
 bench-deps: deps
-	@dpkg -s wrk >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(call apt-install,wrk)
 	@command -v componentize-py >/dev/null || python3 -m pip install --quiet componentize-py
 
 bench: bench-deps build release images $(IMAGES)/python-http.tar $(WASMTIME_CLI)
@@ -256,8 +310,6 @@ SOAK_PODS ?= 1000
 soak: build images
 	CHURN_COUNT=$(SOAK_COUNT) CHURN_PODS=$(SOAK_PODS) \
 		$(CARGO) test -p shim-tests --test churn -- --test-threads=2 --nocapture
-
-.PHONY: soak
 
 # --- fuzzing: fuzz/, a cargo-fuzz crate in a workspace of its own -----------
 # Each target for FUZZ_SECONDS from the committed corpus (read only: new inputs
@@ -279,8 +331,6 @@ fuzz:
 	done; \
 	if [ -n "$$failed" ]; then echo "== fuzz: crashes in:$$failed (fuzz/artifacts/)"; exit 1; fi; \
 	echo "== fuzz: no crash in $(FUZZ_TARGETS)"
-
-.PHONY: fuzz
 
 fmt:
 	$(CARGO) fmt --all
