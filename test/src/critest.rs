@@ -26,13 +26,23 @@ use crate::registry::Registry;
 /// `framework.DefaultLinuxContainerImage`).
 pub const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 
-/// The busybox applets the stand-in image carries, each as its own copy of
-/// the binary (busybox picks the applet by `argv[0]`; the image builder
-/// writes regular files only). What critest's seccomp specs run (`sh -c top`,
-/// `grep`, `chmod`, `sleep`, `hostname`) plus a few that most specs use.
-const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "top", "sleep", "grep", "chmod", "hostname", "echo", "cat", "ls",
-];
+/// Busybox's applets (`busybox --list`): each is a link to `/bin/busybox`
+/// in the stand-in image, as in the upstream image (busybox picks the applet
+/// by `argv[0]`). critest's specs run many (`sh -c mkdir ...`, `mount`,
+/// `top`, `grep`, `hostname`, `cat`).
+fn busybox_applets(busybox: &Path) -> Vec<String> {
+    let output = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    assert!(output.status.success(), "busybox --list");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|applet| !applet.is_empty() && *applet != "busybox")
+        .map(str::to_string)
+        .collect()
+}
 
 /// Where the machine keeps cri-tools when the workspace is not beside it (a
 /// fresh clone elsewhere, as CI makes).
@@ -90,10 +100,12 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
     let mut image = Image::new(BUSYBOX);
     image.entrypoint = vec!["/bin/sh".into()];
     image.env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
-    for applet in BUSYBOX_APPLETS {
-        image
-            .entries
-            .push(Entry::file(&format!("/bin/{applet}"), bytes.clone()));
+    image.entries.push(Entry::file("/bin/busybox", bytes));
+    for applet in busybox_applets(busybox) {
+        image.entries.push(Entry::Symlink {
+            path: format!("/bin/{applet}"),
+            target: "busybox".into(),
+        });
     }
     for library in shared_libraries(busybox) {
         let bytes = fs::read(&library).unwrap_or_else(|e| panic!("{library}: {e}"));

@@ -37,13 +37,22 @@ fn run_timeout() -> Duration {
         .map_or(RUN_TIMEOUT, Duration::from_secs)
 }
 
-#[test]
-fn specs_that_pass_for_runc_pass_for_wasmtime() {
-    let focus = focus();
-    let focus = focus.as_str();
-    let what = if focus.is_empty() { "every" } else { focus };
+/// What one handler's run found, on a node of its own.
+struct Outcome {
+    run: critest::Run,
+    /// What its pods and containers left behind.
+    leftovers: Vec<String>,
+    pods: usize,
+    /// containerd's error lines.
+    errors: Vec<String>,
+}
+
+/// critest for `handler` on a fresh node (its own containerd, registry and
+/// images): nothing one handler's run pulled or left can change the other's
+/// (an image pulled by the first run made the second's "pull should time
+/// out" spec pass instantly, then fail).
+fn run_on_a_fresh_node(handler: &str, focus: &str, out: &std::path::Path) -> Outcome {
     let binary = critest::binary();
-    let _shm = ShmGuard::new();
     let node = CriNode::start_with(NodeOptions {
         registry_hosts: true,
     });
@@ -51,36 +60,17 @@ fn specs_that_pass_for_runc_pass_for_wasmtime() {
     let images = node.dir().join("critest-images");
     std::fs::create_dir_all(&images).unwrap();
     critest::serve_images(&node, &registry, &images);
-
-    let version = containerd_version();
-    let out = workspace()
-        .join("target/critest")
-        .join(format!("containerd-{}", version.text));
-    let runs: Vec<critest::Run> = [BASELINE, HANDLER]
-        .iter()
-        .map(|handler| critest::run(&node, &binary, handler, focus, &out, run_timeout()))
-        .collect();
+    let run = critest::run(&node, &binary, handler, focus, out, run_timeout());
     // containerd's log holds the shims' too: kept beside the reports.
-    let _ = std::fs::write(out.join("containerd.log"), node.log());
-    let (baseline, wasmtime) = (&runs[0], &runs[1]);
-    let all: Vec<&critest::Run> = runs.iter().collect();
-    eprintln!(
-        "\ncritest {what} specs, containerd {version}:\n{}",
-        critest::table(&all, "[k8s.io]")
-    );
-    for name in critest::failed_everywhere(&all) {
-        eprintln!(
-            "fails for every handler (containerd {}'s): {name}",
-            version.text
-        );
-    }
+    let log = node.log();
+    let _ = std::fs::write(out.join(format!("containerd-{handler}.log")), &log);
 
     // Once every pod is gone, nothing of them may be left.
     let left_pods = critest::remove_pods(&node);
     if left_pods > 0 {
         eprintln!("critest left {left_pods} pods (of failed specs); removed them");
     }
-    let ids = critest::created_ids(&node.log());
+    let ids = critest::created_ids(&log);
     let deadline = Instant::now() + Duration::from_secs(15);
     let leftovers = loop {
         let mut left = node.leftovers(&ids);
@@ -95,19 +85,70 @@ fn specs_that_pass_for_runc_pass_for_wasmtime() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let errors = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("level=error"))
+        .map(str::to_string)
+        .collect();
+    Outcome {
+        run,
+        leftovers,
+        pods: ids.len(),
+        errors,
+    }
+}
+
+#[test]
+fn specs_that_pass_for_runc_pass_for_wasmtime() {
+    let focus = focus();
+    let focus = focus.as_str();
+    let what = if focus.is_empty() { "every" } else { focus };
+    let _shm = ShmGuard::new();
+    let version = containerd_version();
+    let out = workspace()
+        .join("target/critest")
+        .join(format!("containerd-{}", version.text));
+    std::fs::create_dir_all(&out).unwrap();
+    let outcomes: Vec<Outcome> = [BASELINE, HANDLER]
+        .iter()
+        .map(|handler| run_on_a_fresh_node(handler, focus, &out))
+        .collect();
+    let (baseline, wasmtime) = (&outcomes[0].run, &outcomes[1].run);
+    let all: Vec<&critest::Run> = outcomes.iter().map(|o| &o.run).collect();
+    eprintln!(
+        "\ncritest {what} specs, containerd {version}:\n{}",
+        critest::table(&all, "[k8s.io]")
+    );
+    for name in critest::failed_everywhere(&all) {
+        eprintln!(
+            "fails for every handler (containerd {}'s): {name}",
+            version.text
+        );
+    }
+    for run in &all {
+        let count = |state: &str| run.specs.values().filter(|s| s.state == state).count();
+        eprintln!(
+            "{}: {} passed, {} failed, {} skipped",
+            run.handler,
+            count("passed"),
+            run.specs.len() - count("passed") - count("skipped"),
+            count("skipped")
+        );
+    }
 
     // The failures' messages are in the table above.
     let regressions: Vec<String> = critest::regressions(baseline, wasmtime)
         .into_iter()
         .map(|(name, spec)| format!("{name}: {}", spec.state))
         .collect();
-    let log = node.log();
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("level=error")).collect();
+    let leftovers: Vec<&String> = outcomes.iter().flat_map(|o| &o.leftovers).collect();
+    let errors: Vec<&str> = outcomes[1].errors.iter().map(String::as_str).collect();
     assert!(
         regressions.is_empty() && leftovers.is_empty(),
         "containerd {version}:\npassed for {BASELINE} but not for {HANDLER}: {regressions:#?}\n\
-         left behind by {} pods and containers: {leftovers:#?}\ncontainerd errors:\n{}",
-        ids.len(),
+         left behind by {} pods and containers: {leftovers:#?}\ncontainerd errors ({HANDLER}'s run):\n{}",
+        outcomes.iter().map(|o| o.pods).sum::<usize>(),
         critest::tail(&errors.join("\n"), 60)
     );
     assert!(
