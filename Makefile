@@ -115,6 +115,17 @@ $(IMAGES)/native-hello: images/native/hello.c
 	@mkdir -p $(IMAGES)
 	gcc -static -O2 -o $@ $<
 
+# critest's web servers (nginx, httpd, hostnet-nginx) and its setuid
+# nonewprivs program, built into busybox
+# stand-in images at test time (test/src/critest.rs).
+$(IMAGES)/webserver: images/critest/webserver.c
+	@mkdir -p $(IMAGES)
+	gcc -static -O2 -o $@ $<
+
+$(IMAGES)/nonewprivs: images/critest/nonewprivs.c
+	@mkdir -p $(IMAGES)
+	gcc -static -O2 -o $@ $<
+
 # The sandbox suite's attackers (test/tests/sandbox/): a wasm guest that tries
 # every way out of its container, and a native sidecar that attacks its pod's
 # wasm containers through /proc.
@@ -210,7 +221,7 @@ $(IMAGES)/hello-wasi.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 $(IMAGES)/hello-artifact.tar: $(IMAGES)/hello.wasm $(WASM_OCI)
 	$(WASM_OCI) artifact --name localhost/wasmtime-shim/hello-artifact:latest --wasm $< -o $@
 
-images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-wasi.tar $(IMAGES)/hello-artifact.tar $(IMAGES)/pause.tar $(IMAGES)/hello-http.tar
+images: $(IMAGES)/wasm-test.tar $(IMAGES)/hello.tar $(IMAGES)/hello-wasi.tar $(IMAGES)/hello-artifact.tar $(IMAGES)/pause.tar $(IMAGES)/hello-http.tar $(IMAGES)/webserver $(IMAGES)/nonewprivs
 
 # --- the node installer (crates/node-installer, deploy/daemonset.yaml) -------
 # Its tests start containerd 1.7 and 2.1 from Debian's packages, unpacked here.

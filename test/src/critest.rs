@@ -91,13 +91,67 @@ pub fn binary() -> PathBuf {
 /// specs see through) with the glibc it is linked against, copied from this
 /// machine to the same paths in the image.
 pub fn busybox_image(dir: &Path) -> PathBuf {
+    let out = dir.join("busybox.tar");
+    crate::images::write(&busybox_stand_in(BUSYBOX), &out);
+    out
+}
+
+/// The web servers critest runs: nginx (pod network, port mapping, port
+/// forwarding, HostPID), httpd (multiple containers) and hostnet-nginx
+/// (host network, port 12003).
+pub const NGINX: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
+pub const HTTPD: &str = "registry.k8s.io/e2e-test-images/httpd:2.4.39-4";
+pub const HOSTNET_NGINX: &str = "gcr.io/k8s-staging-cri-tools/hostnet-nginx-amd64:latest";
+
+/// A stand-in for web server image `name`: the busybox stand-in (the specs
+/// exec `sh`, `cat`, `echo` in it) with `images/critest/webserver.c`
+/// (`make images`) as `/usr/sbin/<program>`, its entrypoint, on `port`.
+fn web_server_image(dir: &Path, name: &str, program: &str, port: u16) -> PathBuf {
+    let server = crate::images::images_dir().join("webserver");
+    let bytes = fs::read(&server)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make images`)", server.display()));
+    let mut image = busybox_stand_in(name);
+    let path = format!("/usr/sbin/{program}");
+    image.entries.push(Entry::file(&path, bytes));
+    // Where it writes its pid (nginx's): the directory must exist.
+    image
+        .entries
+        .push(Entry::file("/var/run/.keep", Vec::new()));
+    image.entrypoint = vec![path, port.to_string()];
+    let out = dir.join(format!("{program}-{port}.tar"));
+    crate::images::write(&image, &out);
+    out
+}
+
+/// critest's NoNewPrivs image: `images/critest/nonewprivs.c` (`make
+/// images`), setuid root, as its entrypoint.
+pub const NONEWPRIVS: &str = "registry.k8s.io/e2e-test-images/nonewprivs:1.3";
+
+fn nonewprivs_image(dir: &Path) -> PathBuf {
+    let program = crate::images::images_dir().join("nonewprivs");
+    let bytes = fs::read(&program)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make images`)", program.display()));
+    let mut image = busybox_stand_in(NONEWPRIVS);
+    image.entries.push(Entry::File {
+        path: "/usr/local/bin/nnp".into(),
+        bytes,
+        mode: 0o4755,
+    });
+    image.entrypoint = vec!["/usr/local/bin/nnp".into()];
+    let out = dir.join("nonewprivs.tar");
+    crate::images::write(&image, &out);
+    out
+}
+
+/// The busybox stand-in under image name `name`.
+fn busybox_stand_in(name: &str) -> Image {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
         "no /bin/busybox: install Debian's busybox (`make deps`)"
     );
     let bytes = fs::read(busybox).expect("read /bin/busybox");
-    let mut image = Image::new(BUSYBOX);
+    let mut image = Image::new(name);
     image.entrypoint = vec!["/bin/sh".into()];
     image.env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
     image.entries.push(Entry::file("/bin/busybox", bytes));
@@ -111,9 +165,7 @@ pub fn busybox_image(dir: &Path) -> PathBuf {
         let bytes = fs::read(&library).unwrap_or_else(|e| panic!("{library}: {e}"));
         image.entries.push(Entry::file(&library, bytes));
     }
-    let out = dir.join("busybox.tar");
-    crate::images::write(&image, &out);
-    out
+    image
 }
 
 /// The shared libraries `binary` loads and its ELF interpreter, as `ldd`
@@ -147,9 +199,27 @@ fn shared_libraries(binary: &Path) -> Vec<String> {
 /// there. The node must be started with
 /// [`NodeOptions::registry_hosts`](crate::cri::NodeOptions).
 pub fn serve_images(node: &CriNode, registry: &Registry, dir: &Path) {
-    let (upstream, name) = BUSYBOX.split_once('/').expect("registry/name");
-    registry.push_layout(&busybox_image(dir), name);
-    node.mirror_registry(upstream, &registry.host);
+    let images = [
+        (BUSYBOX, busybox_image(dir)),
+        (NGINX, web_server_image(dir, NGINX, "nginx", 80)),
+        (HTTPD, web_server_image(dir, HTTPD, "httpd", 80)),
+        (
+            HOSTNET_NGINX,
+            web_server_image(dir, HOSTNET_NGINX, "nginx", 12003),
+        ),
+        (NONEWPRIVS, nonewprivs_image(dir)),
+    ];
+    let mut upstreams = Vec::new();
+    for (image, layout) in &images {
+        let (upstream, name) = image.split_once('/').expect("registry/name");
+        registry.push_layout(layout, name);
+        if !upstreams.contains(&upstream) {
+            upstreams.push(upstream);
+        }
+    }
+    for upstream in upstreams {
+        node.mirror_registry(upstream, &registry.host);
+    }
 }
 
 /// One spec's result in one run.
