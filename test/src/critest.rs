@@ -258,8 +258,64 @@ pub fn run(
     out_dir: &Path,
     timeout: Duration,
 ) -> Run {
+    run_as(
+        node,
+        critest,
+        handler,
+        focus,
+        &|name| name.contains(focus),
+        handler,
+        out_dir,
+        timeout,
+    )
+}
+
+/// Runs exactly the specs named `names` (full texts, as [`Run::specs`] has
+/// them) again for `handler`, reported as `<handler>-again`: a spec that
+/// failed once under load is tried once more before it counts.
+pub fn run_again(
+    node: &CriNode,
+    critest: &Path,
+    handler: &str,
+    names: &[String],
+    out_dir: &Path,
+    timeout: Duration,
+) -> Run {
+    let escaped: Vec<String> = names.iter().map(|n| regex_escape(n)).collect();
+    // Unanchored at the start: ginkgo matches against a text with more before it.
+    let focus = format!("(?:{})$", escaped.join("|"));
+    let keep = |name: &str| names.iter().any(|n| n == name);
+    let label = format!("{handler}-again");
+    run_as(
+        node, critest, handler, &focus, &keep, &label, out_dir, timeout,
+    )
+}
+
+/// `text` as a regular expression that matches only itself (ginkgo's focus).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_as(
+    node: &CriNode,
+    critest: &Path,
+    handler: &str,
+    focus: &str,
+    keep: &dyn Fn(&str) -> bool,
+    label: &str,
+    out_dir: &Path,
+    timeout: Duration,
+) -> Run {
     fs::create_dir_all(out_dir).expect("critest output dir");
-    let report = out_dir.join(format!("{handler}.json"));
+    let report = out_dir.join(format!("{label}.json"));
     let _ = fs::remove_file(&report);
     let endpoint = format!("unix://{}", node.containerd_socket().display());
     let mut command = Command::new("nsenter");
@@ -281,7 +337,7 @@ pub fn run(
     let started = Instant::now();
     // A little longer than ginkgo's own timeout, so ginkgo reports first.
     let output = crate::harness::command_within(&mut command, timeout + Duration::from_secs(30));
-    let log = out_dir.join(format!("{handler}.log"));
+    let log = out_dir.join(format!("{label}.log"));
     if let Some(output) = &output {
         let _ = fs::write(&log, format!("{}{}", output.stdout, output.stderr));
     }
@@ -294,7 +350,7 @@ pub fn run(
         started.elapsed(),
         log.display()
     );
-    let specs = read_report(&report, focus).unwrap_or_else(|e| {
+    let specs = read_report(&report, keep).unwrap_or_else(|e| {
         panic!(
             "critest --runtime-handler {handler} wrote no usable report ({e}):\n{}\ncontainerd log:\n{}",
             output
@@ -309,9 +365,12 @@ pub fn run(
     }
 }
 
-/// The `It` specs of a ginkgo JSON report whose full text contains `focus`
+/// The `It` specs of a ginkgo JSON report whose full text `keep` accepts
 /// (ginkgo lists unfocused specs too, as skipped), by full text.
-pub fn read_report(path: &Path, focus: &str) -> Result<BTreeMap<String, Spec>, String> {
+pub fn read_report(
+    path: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Spec>, String> {
     let text = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let suites: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -329,7 +388,7 @@ pub fn read_report(path: &Path, focus: &str) -> Result<BTreeMap<String, Spec>, S
                 .collect();
             name.extend(report["LeafNodeText"].as_str());
             let name = name.join(" ");
-            if !name.contains(focus) {
+            if !keep(&name) {
                 continue;
             }
             let failure = &report["Failure"];
@@ -359,7 +418,7 @@ pub fn read_report(path: &Path, focus: &str) -> Result<BTreeMap<String, Spec>, S
         }
     }
     if specs.is_empty() {
-        return Err(format!("no spec matching {focus:?} in {}", path.display()));
+        return Err(format!("no spec of interest in {}", path.display()));
     }
     Ok(specs)
 }

@@ -99,6 +99,27 @@ fn run_on_a_fresh_node(handler: &str, focus: &str, out: &std::path::Path) -> Out
     }
 }
 
+/// `names` once more for wasmtime, on a fresh node.
+fn run_again_on_a_fresh_node(names: &[String], out: &std::path::Path) -> critest::Run {
+    let node = CriNode::start_with(NodeOptions {
+        registry_hosts: true,
+    });
+    let registry = Registry::start(Some(node.netns()));
+    let images = node.dir().join("critest-images");
+    std::fs::create_dir_all(&images).unwrap();
+    critest::serve_images(&node, &registry, &images);
+    let run = critest::run_again(
+        &node,
+        &critest::binary(),
+        HANDLER,
+        names,
+        out,
+        run_timeout(),
+    );
+    critest::remove_pods(&node);
+    run
+}
+
 #[test]
 fn specs_that_pass_for_runc_pass_for_wasmtime() {
     let focus = focus();
@@ -137,11 +158,24 @@ fn specs_that_pass_for_runc_pass_for_wasmtime() {
         );
     }
 
-    // The failures' messages are in the table above.
-    let regressions: Vec<String> = critest::regressions(baseline, wasmtime)
+    // The failures' messages are in the table above. A spec that failed
+    // for wasmtime alone is run once more on a fresh node (timing-bound
+    // specs can fail once on a loaded machine); it counts if it fails again.
+    let first: Vec<String> = critest::regressions(baseline, wasmtime)
         .into_iter()
-        .map(|(name, spec)| format!("{name}: {}", spec.state))
+        .map(|(name, _)| name)
         .collect();
+    let regressions: Vec<String> = if first.is_empty() {
+        Vec::new()
+    } else {
+        eprintln!("failed for {HANDLER} only, running again: {first:#?}");
+        let again = run_again_on_a_fresh_node(&first, &out);
+        first
+            .iter()
+            .filter(|name| !again.specs.get(*name).is_some_and(critest::Spec::passed))
+            .map(|name| format!("{name}: failed twice"))
+            .collect()
+    };
     let leftovers: Vec<&String> = outcomes.iter().flat_map(|o| &o.leftovers).collect();
     let errors: Vec<&str> = outcomes[1].errors.iter().map(String::as_str).collect();
     assert!(
