@@ -201,31 +201,13 @@ impl Drop for Console {
 /// the process wrote meanwhile waits in the pty. `None` if the console is
 /// dropped first.
 fn open_output(path: Option<&Path>, stop: &AtomicBool) -> std::io::Result<Option<File>> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::FileTypeExt;
     let is_fifo = path
         .and_then(|p| std::fs::metadata(p).ok())
         .is_some_and(|m| m.file_type().is_fifo());
-    let Some(fifo) = path.filter(|_| is_fifo) else {
-        return shim_container::stdio::open_output(path).map(|fd| Some(File::from(fd)));
-    };
-    loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(fifo)
-        {
-            Ok(file) => {
-                fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(OFlag::empty()))?;
-                return Ok(Some(file));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e),
-        }
+    match path.filter(|_| is_fifo) {
+        Some(fifo) => shim_container::stdio::open_when_read(fifo, || !stop.load(Ordering::Relaxed)),
+        None => shim_container::stdio::open_output(path).map(|fd| Some(File::from(fd))),
     }
 }
 
