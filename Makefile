@@ -98,6 +98,23 @@ deps:
 	@rustup run nightly rustc -V >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	test/fetch-debs.sh $(DEBS)
+	@$(MAKE) --no-print-directory vm-deps
+
+# The cgroup v2 + systemd guest the v2 suites run in (test/vm/): QEMU (TCG),
+# kmod (depmod, modprobe) and cpio here; the kernel and busybox-static are
+# fetched with `apt-get download` and unpacked into $(VM), never installed.
+VM := target/vm
+VM_DEPS := qemu-system-x86 kmod cpio
+
+vm-deps:
+	@missing=""; for p in $(VM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	test/vm/build.sh $(VM)
+
+.PHONY: vm-deps
 
 # --- images: the demo and test programs, as OCI image tarballs -------------
 $(WASM_OCI): $(wildcard crates/wasm-image-builder/src/*.rs)
