@@ -2,11 +2,15 @@
 //! hard-codes a layout: cgroup v1 (a hierarchy per controller, `cpu` and
 //! `cpuacct` apart or co-mounted as `cpu,cpuacct`), the hybrid layout's v2
 //! tree at `/sys/fs/cgroup/unified`, or a pure v2 machine's
-//! `/sys/fs/cgroup`. Tests read a container's limits and usage here, find
-//! the processes in its cgroup, and check that no cgroup is left of it.
+//! `/sys/fs/cgroup`; and, with the systemd driver, a container's scope
+//! wherever its slice put it. Tests read a container's limits and usage
+//! here, find the processes in its cgroup, and check that no cgroup is left
+//! of it: on a pure v2 machine anywhere in the tree, by name.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use crate::environment::{cgroup_driver, CgroupDriver};
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -25,8 +29,19 @@ pub enum Cgroup {
 }
 
 impl Cgroup {
-    /// The cgroup of container `id` under the cgroupfs parent `parent`.
+    /// The cgroup of container `id`: with the cgroupfs driver under the
+    /// cgroupfs parent `parent`; with the systemd driver its scope
+    /// (`<prefix>-<id>.scope`) in whatever slice holds it.
     pub fn container(parent: &str, id: &str) -> Self {
+        if cgroup_driver() == CgroupDriver::Systemd {
+            let scope = format!("-{id}.scope");
+            if let Some(dir) = unified_dirs().into_iter().find(|dir| {
+                dir.file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(&scope))
+            }) {
+                return Self::Path(dir.strip_prefix(ROOT).unwrap_or(&dir).to_path_buf());
+            }
+        }
         Self::Path(Path::new(parent).join(id))
     }
 
@@ -95,6 +110,21 @@ impl Cgroup {
         Some((used, throttled))
     }
 
+    /// The CPU quota and its period, in µs: v1's `cpu.cfs_quota_us` and
+    /// `cpu.cfs_period_us`, else v2's `cpu.max`; a quota of `None` is none.
+    pub fn cpu_max(&self) -> Option<(Option<u64>, u64)> {
+        if let (Some(quota), Some(period)) = (
+            self.read("cpu", "cpu.cfs_quota_us"),
+            self.read("cpu", "cpu.cfs_period_us"),
+        ) {
+            return Some((quota.trim().parse().ok(), period.trim().parse().ok()?));
+        }
+        let max = self.read("cpu", "cpu.max")?;
+        let mut words = max.split_whitespace();
+        let quota = words.next()?.parse().ok();
+        Some((quota, words.next()?.parse().ok()?))
+    }
+
     /// The PIDs in the cgroup: `cgroup.procs` of the pids hierarchy and of
     /// the v2 tree (a PID in both is listed twice).
     pub fn pids(&self) -> Vec<i32> {
@@ -125,13 +155,66 @@ impl Cgroup {
     }
 }
 
-/// The cgroup directories left of `ids` under the cgroupfs parent `parent`
-/// (`default` for ctr's containers, `k8s.io` for CRI's), as `cgroup <dir>`.
+/// The cgroup directories left of `ids`, as `cgroup <dir>`: under the
+/// cgroupfs parent `parent` (`default` for ctr's containers, `k8s.io` for
+/// CRI's) in every hierarchy; and on a pure v2 machine, any cgroup in the
+/// tree whose name holds one of `ids` (a systemd scope, a cgroup under
+/// another parent).
 pub fn left(parent: &str, ids: &[impl AsRef<str>]) -> Vec<String> {
-    ids.iter()
-        .flat_map(|id| Cgroup::container(parent, id.as_ref()).existing_dirs())
+    let mut found: Vec<PathBuf> = Vec::new();
+    for id in ids {
+        for dir in Cgroup::container(parent, id.as_ref()).existing_dirs() {
+            if !found.contains(&dir) {
+                found.push(dir);
+            }
+        }
+    }
+    for dir in unified_dirs() {
+        let named = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        if named.is_some_and(|n| ids.iter().any(|id| n.contains(id.as_ref())))
+            && !found.contains(&dir)
+        {
+            found.push(dir);
+        }
+    }
+    found
+        .into_iter()
         .map(|dir| format!("cgroup {}", dir.display()))
         .collect()
+}
+
+/// Where systemd keeps the cgroup of `slice`: `a-b.slice` is
+/// `/sys/fs/cgroup/a.slice/a-b.slice` (a `-` nests a slice in another).
+pub fn slice_dir(slice: &str) -> PathBuf {
+    let name = slice.trim_end_matches(".slice");
+    let mut dir = PathBuf::from(ROOT);
+    let mut prefix = String::new();
+    for part in name.split('-') {
+        prefix.push_str(part);
+        dir.push(format!("{prefix}.slice"));
+        prefix.push('-');
+    }
+    dir
+}
+
+/// Every cgroup of a pure v2 machine's tree, the root's children first;
+/// none elsewhere (v1 and hybrid hosts keep containers at known paths).
+pub fn unified_dirs() -> Vec<PathBuf> {
+    let root = Path::new(ROOT);
+    if !root.join("cgroup.controllers").exists() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(entry.path());
+                pending.push(entry.path());
+            }
+        }
+    }
+    found
 }
 
 /// The v1 hierarchies `controller` is mounted in: the directories of
@@ -166,6 +249,16 @@ fn v2_root() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::Cgroup;
+
+    #[test]
+    fn a_slice_nests_in_the_slices_its_name_names() {
+        assert_eq!(
+            super::slice_dir("kubepods-besteffort-podab_c.slice"),
+            std::path::Path::new(
+                "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_c.slice"
+            )
+        );
+    }
 
     #[test]
     fn finds_this_process_in_its_own_cgroups() {

@@ -1,8 +1,9 @@
 //! What the tests run against, and where it is: the workspace, the built
 //! images, the shim binary under test, the containerd under test (the
-//! machine's, or `CONTAINERD_DIR`'s) and its version; and the check that
-//! the tests may start a containerd at all (root, binaries present), which
-//! fails loudly rather than letting a CI without root pass silently.
+//! machine's, or `CONTAINERD_DIR`'s) and its version, the cgroup driver its
+//! nodes use (`CGROUP_DRIVER`); and the check that the tests may start a
+//! containerd at all (root, binaries present), which fails loudly rather
+//! than letting a CI without root pass silently.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -55,9 +56,49 @@ pub(crate) fn require_root_and_containerd() {
             "these tests need containerd and ctr on PATH (`make deps`)"
         ),
     }
+    let driver = cgroup_driver();
     // Once per test binary: which containerd this run is against.
     static SAID: std::sync::Once = std::sync::Once::new();
-    SAID.call_once(|| eprintln!("containerd under test: {}", containerd_version()));
+    SAID.call_once(|| {
+        eprintln!(
+            "containerd under test: {}, cgroup driver {driver:?}",
+            containerd_version()
+        )
+    });
+}
+
+/// How a node's containers get their cgroups: as kubelet's `cgroupDriver`
+/// and containerd's `SystemdCgroup` say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// cgroupfs paths (`/k8s.io/<id>`, `/default/<id>`), written directly.
+    Cgroupfs,
+    /// systemd units: CRI pods get kubelet's `*.slice` parent and
+    /// `SystemdCgroup = true`, so each container is a `cri-containerd-<id>.scope`;
+    /// ctr's containers get `--cgroup system.slice:wasmtime-test:<id>`.
+    Systemd,
+}
+
+/// `CGROUP_DRIVER`: `systemd`, or `cgroupfs` (the default). The systemd
+/// driver needs systemd as PID 1 (the guest of test/vm/): asking for it
+/// elsewhere fails the test rather than testing cgroupfs under its name.
+pub fn cgroup_driver() -> CgroupDriver {
+    match std::env::var("CGROUP_DRIVER").as_deref() {
+        Err(_) | Ok("") | Ok("cgroupfs") => CgroupDriver::Cgroupfs,
+        Ok("systemd") => {
+            assert!(
+                systemd_booted(),
+                "CGROUP_DRIVER=systemd needs systemd as PID 1 (run the suites in test/vm/)"
+            );
+            CgroupDriver::Systemd
+        }
+        Ok(other) => panic!("CGROUP_DRIVER={other}: expected cgroupfs or systemd"),
+    }
+}
+
+/// Whether systemd is PID 1 (what `sd_booted()` checks).
+pub fn systemd_booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
 }
 
 /// `CONTAINERD_DIR`: the directory of the containerd under test, if not the

@@ -19,7 +19,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon::{cleanup_dir, spawn_containerd, stop_containerd, tempdir};
-use crate::environment::{containerd_version, ctr_binary, require_root_and_containerd};
+use crate::environment::{
+    cgroup_driver, containerd_version, ctr_binary, require_root_and_containerd, CgroupDriver,
+};
 use crate::images::{images_dir, PAUSE};
 use crate::procfs::{children_of, wasmtime_shims};
 
@@ -125,7 +127,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// `ctr` against this containerd. `ctr run` gets `--fifo-dir` in this
     /// directory: its stdio fifos are removed only by a `ctr task rm`, so the
     /// tasks containerd deletes by itself (a killed shim; 1.7+ at start) would
-    /// leave them in the host's /run/containerd/fifo.
+    /// leave them in the host's /run/containerd/fifo. With the systemd
+    /// driver it also gets `--cgroup` (see [`systemd_cgroup_flag`]).
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(ctr_binary());
         command
@@ -138,6 +141,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 .arg("run")
                 .arg("--fifo-dir")
                 .arg(self.dir.join("fifo"))
+                .args(systemd_cgroup_flag(rest))
                 .args(rest),
             _ => command.args(args),
         };
@@ -316,6 +320,72 @@ fn assert_serves_version(ctr_version: &str) {
     );
 }
 
+/// With the systemd driver, `ctr run`'s `--cgroup system.slice:wasmtime-test:<id>`:
+/// a cgroups path in systemd's `slice:prefix:name` form, which the shim
+/// makes the unit `wasmtime-test-<id>.scope` in `system.slice` (what runc
+/// makes of docker's `system.slice:docker:<id>`). Nothing with the cgroupfs
+/// driver (containerd's default, `/default/<id>`), or when the run names its
+/// own cgroup or spec.
+fn systemd_cgroup_flag(run_args: &[&str]) -> Vec<String> {
+    if cgroup_driver() != CgroupDriver::Systemd
+        || run_args
+            .iter()
+            .any(|a| ["--cgroup", "--config", "-c"].contains(&a.split('=').next().unwrap_or(a)))
+    {
+        return Vec::new();
+    }
+    match ctr_run_id(run_args) {
+        Some(id) => vec![
+            "--cgroup".into(),
+            format!("{SYSTEMD_SLICE}:{SYSTEMD_SCOPE_PREFIX}:{id}"),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// The slice ctr's containers go in with the systemd driver.
+pub const SYSTEMD_SLICE: &str = "system.slice";
+
+/// The prefix of their scopes' names (`wasmtime-test-<id>.scope`).
+pub const SYSTEMD_SCOPE_PREFIX: &str = "wasmtime-test";
+
+/// The container id in `ctr run`'s arguments (after `run`): the second
+/// argument that is not a flag or a flag's value (the first is the image).
+fn ctr_run_id<'a>(run_args: &[&'a str]) -> Option<&'a str> {
+    /// `ctr run`'s flags that take no value.
+    const SWITCHES: &[&str] = &[
+        "--rm",
+        "--null-io",
+        "--detach",
+        "-d",
+        "--cni",
+        "--runc-systemd-cgroup",
+        "--net-host",
+        "--privileged",
+        "--read-only",
+        "--tty",
+        "-t",
+        "--allow-new-privs",
+        "--seccomp",
+        "--rootfs",
+        "--no-pivot",
+        "--remap-labels",
+        "--all-platforms",
+    ];
+    let mut positional = Vec::new();
+    let mut args = run_args.iter();
+    while let Some(arg) = args.next() {
+        if arg.starts_with('-') {
+            if !arg.contains('=') && !SWITCHES.contains(arg) {
+                args.next(); // its value
+            }
+        } else {
+            positional.push(*arg);
+        }
+    }
+    positional.get(1).copied()
+}
+
 /// A container id unique to this test process.
 pub fn unique_id(name: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -392,4 +462,30 @@ fn tempfile_path(what: &str) -> PathBuf {
         "wasmtime-shim-ctr-{}-{n}.{what}",
         std::process::id()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ctr_run_id;
+
+    #[test]
+    fn finds_the_container_id_among_ctr_runs_flags() {
+        for (args, id) in [
+            (
+                &["--rm", "--runtime", "rt", "img", "c1", "/x.wasm"][..],
+                Some("c1"),
+            ),
+            (
+                &["-d", "--annotation", "a=b", "--mount", "m", "img", "c2"],
+                Some("c2"),
+            ),
+            (
+                &["--rm", "--memory-limit=5", "-t", "--read-only", "img", "c3"],
+                Some("c3"),
+            ),
+            (&["--rm", "img"], None),
+        ] {
+            assert_eq!(ctr_run_id(args), id, "{args:?}");
+        }
+    }
 }

@@ -1,16 +1,22 @@
 //! Leak checks: what a container could leave on the node once it is gone
-//! (mounts, processes, cgroups, bundles, fifos, shim sockets) and what a
-//! test looks for in containerd's log (panics). Every suite ends with one of
-//! these, so a shim that cleans up badly fails the test that caused it.
+//! (mounts, processes, cgroups, systemd scopes and slices, bundles, fifos,
+//! shim sockets) and what a test looks for in containerd's log (panics).
+//! Every suite ends with one of these, so a shim that cleans up badly fails
+//! the test that caused it, on every kind of host: cgroups are looked for in
+//! each v1 hierarchy and, on a pure v2 host, anywhere in the tree by name;
+//! units wherever systemd is PID 1 (tests/leak_checks.rs shows that each
+//! of these finds what is left on purpose).
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
 use crate::cgroups;
 use crate::daemon::is_daemon;
+use crate::environment::systemd_booted;
 use crate::harness::{Containerd, NAMESPACE};
 use crate::procfs::{mounts_under, processes_naming};
 
@@ -20,7 +26,7 @@ impl Containerd {
     /// bundles of `ids`.
     pub fn leftovers(&self, ids: &[&str]) -> Vec<String> {
         let mut found = left_under(self.dir());
-        found.extend(cgroups::left(NAMESPACE, ids));
+        found.extend(cgroups_and_units_left(NAMESPACE, ids));
         for id in ids {
             let bundle = self
                 .dir()
@@ -49,7 +55,7 @@ impl Containerd {
         let mounts = mounts_under(self.dir());
         let fifos = fifos_under(self.dir());
         let bundles = self.bundles();
-        let mut found = cgroups::left(NAMESPACE, ids);
+        let mut found = cgroups_and_units_left(NAMESPACE, ids);
         for id in ids {
             let id = id.as_ref();
             found.extend(
@@ -102,6 +108,53 @@ pub(crate) fn left_under(dir: &Path) -> Vec<String> {
             .map(|(pid, cmd)| format!("process {pid}: {cmd}")),
     );
     found
+}
+
+/// The cgroups ([`cgroups::left`]) and systemd units ([`units_naming`])
+/// left of `ids`; `parent` is their cgroupfs parent.
+pub fn cgroups_and_units_left(parent: &str, ids: &[impl AsRef<str>]) -> Vec<String> {
+    let mut found = cgroups::left(parent, ids);
+    found.extend(units_naming(ids));
+    found
+}
+
+/// The systemd units (scopes and slices, loaded, in any state) whose names
+/// hold one of `ids`, as `unit <name> <load> <active> <sub>`: a container's
+/// scope (`cri-containerd-<id>.scope`, `wasmtime-test-<id>.scope`) outlives
+/// it if its cgroup is not removed through systemd. None where systemd is
+/// not PID 1; a `systemctl` that fails is a leftover too, so the check
+/// cannot pass by not looking.
+pub fn units_naming(ids: &[impl AsRef<str>]) -> Vec<String> {
+    if ids.is_empty() || !systemd_booted() {
+        return Vec::new();
+    }
+    let out = Command::new("systemctl")
+        .args(["list-units", "--type=scope,slice", "--all", "--plain"])
+        .args(["--no-legend", "--no-pager"])
+        .output();
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            return vec![format!(
+                "systemctl list-units failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )]
+        }
+        Err(e) => return vec![format!("systemctl list-units: {e}")],
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| {
+            let unit = line.split_whitespace().next().unwrap_or_default();
+            ids.iter().any(|id| unit.contains(id.as_ref()))
+        })
+        .map(|line| {
+            format!(
+                "unit {}",
+                line.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect()
 }
 
 /// Polls `leftovers` until it is empty; panics after `patience` with what is

@@ -127,11 +127,13 @@ fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
         ..Default::default()
     });
     let id = node.start_container(&pod, &pod_config, config);
-    // CRI with the cgroupfs driver and no parent puts the container at /k8s.io/<id>.
-    let quota = Cgroup::container(shim_tests::cri::NAMESPACE, &id)
-        .read("cpu", "cpu.cfs_quota_us")
+    // CRI with the cgroupfs driver and no parent puts the container at
+    // /k8s.io/<id>; with the systemd driver in its pod's slice. v1 has the
+    // quota in cpu.cfs_quota_us, v2 in cpu.max.
+    let limit = Cgroup::container(shim_tests::cri::NAMESPACE, &id)
+        .cpu_max()
         .expect("the container's cpu cgroup");
-    assert_eq!(quota.trim(), "50000");
+    assert_eq!(limit, (Some(50_000), 100_000));
     // kubelet's StopContainer: SIGTERM, then SIGKILL after the grace period.
     // The looping guest stops on SIGTERM, long before the 10 s grace period.
     let started = std::time::Instant::now();

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use super::NodeOptions;
+use crate::environment::{cgroup_driver, CgroupDriver};
 use crate::images::PAUSE as PAUSE_IMAGE;
 
 /// The runtime handler (RuntimeClass) of this shim.
@@ -36,7 +37,12 @@ pub(super) fn write(node_dir: &Path, options: &NodeOptions) {
     )
     .unwrap();
     let v2 = crate::containerd_version().is_v2();
-    let mut config = if v2 { config_v3(&dir) } else { config_v2(&dir) };
+    let systemd = cgroup_driver() == CgroupDriver::Systemd;
+    let mut config = if v2 {
+        config_v3(&dir, systemd)
+    } else {
+        config_v2(&dir, systemd)
+    };
     if options.registry_hosts {
         let images = if v2 {
             "io.containerd.cri.v1.images"
@@ -59,7 +65,9 @@ pub(super) fn write(node_dir: &Path, options: &NodeOptions) {
 
 /// The CRI node's config for containerd 1.6 and 1.7 (`version = 2`): one
 /// plugin, `io.containerd.grpc.v1.cri`, holds images, runtimes and CNI.
-fn config_v2(dir: &impl std::fmt::Display) -> String {
+/// `systemd`: `SystemdCgroup = true` for runc and this shim, as on a node
+/// whose kubelet uses the systemd cgroup driver (docs/kubernetes.md).
+fn config_v2(dir: &impl std::fmt::Display, systemd: bool) -> String {
     format!(
         r#"version = 2
 root = "{dir}/root"
@@ -80,13 +88,15 @@ state = "{dir}/state"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = {systemd}
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
       runtime_type = "io.containerd.wasmtime.v1"
       pod_annotations = ["wasmtime.containerd.io/*"]
       container_annotations = ["wasmtime.containerd.io/*"]
       # What the node installer writes.
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}.options]
-        SystemdCgroup = false
+        SystemdCgroup = {systemd}
 {extra}"#,
         extra = extra_handlers(
             r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes"#,
@@ -102,7 +112,7 @@ state = "{dir}/state"
 /// by default, listening on the host-wide `/var/run/nri/nri.sock`: a second
 /// node on the machine would fail to start ("failed to set up NRI for CRI
 /// service ... address already in use"), so each node has its own socket.
-fn config_v3(dir: &impl std::fmt::Display) -> String {
+fn config_v3(dir: &impl std::fmt::Display, systemd: bool) -> String {
     format!(
         r#"version = 3
 root = "{dir}/root"
@@ -126,13 +136,15 @@ state = "{dir}/state"
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        SystemdCgroup = {systemd}
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}]
       runtime_type = "io.containerd.wasmtime.v1"
       pod_annotations = ["wasmtime.containerd.io/*"]
       container_annotations = ["wasmtime.containerd.io/*"]
       # What the node installer writes.
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}.options]
-        SystemdCgroup = false
+        SystemdCgroup = {systemd}
 {extra}"#,
         extra = extra_handlers(
             r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes"#,

@@ -53,6 +53,17 @@ pub struct CriNode {
     runtime: tokio::runtime::Runtime,
     client: Option<RuntimeServiceClient<Channel>>,
     images: Option<ImageServiceClient<Channel>>,
+    /// The systemd driver's pod slices not yet stopped, by pod id.
+    pod_slices: std::sync::Mutex<HashMap<String, String>>,
+}
+
+/// `systemctl stop <unit>`, whatever it answers (a unit that was never
+/// loaded is not an error here).
+fn stop_unit(unit: &str) {
+    let _ = Command::new("systemctl")
+        .args(["stop", unit])
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 fn run(command: &mut Command) {
@@ -119,6 +130,7 @@ impl CriNode {
                 .expect("tokio"),
             client: None,
             images: None,
+            pod_slices: Default::default(),
         };
         run(Command::new("ip").args(["-n", &node.netns, "link", "set", "lo", "up"]));
         config::write(&node.dir, &options);
@@ -361,10 +373,10 @@ impl CriNode {
     }
 
     /// What this node's pods left behind: mounts and processes, and the
-    /// cgroups of the pods and containers in `ids`.
+    /// cgroups and systemd units of the pods and containers in `ids`.
     pub fn leftovers(&self, ids: &[String]) -> Vec<String> {
         let mut found = crate::leaks::left_under(&self.dir);
-        found.extend(crate::cgroups::left(NAMESPACE, ids));
+        found.extend(crate::leaks::cgroups_and_units_left(NAMESPACE, ids));
         found
     }
 
@@ -403,6 +415,9 @@ impl Drop for CriNode {
             crate::daemon::stop_containerd(child);
         }
         crate::daemon::cleanup_dir(&self.dir);
+        for slice in self.pod_slices.lock().unwrap().values() {
+            stop_unit(slice);
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();

@@ -13,6 +13,7 @@ use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
 use super::{CriNode, HANDLER};
+use crate::environment::{cgroup_driver, CgroupDriver};
 
 impl CriNode {
     /// CRI PullImage, as kubelet pulls `image`; the image's reference or the error.
@@ -50,21 +51,28 @@ impl CriNode {
             .map(tonic::Response::into_inner)
     }
 
-    /// A pod sandbox config with the given name, logging under this node's directory.
+    /// A pod sandbox config with the given name, logging under this node's
+    /// directory. Its uid is unique to the test process; with the systemd
+    /// driver its cgroup parent is the slice kubelet would give it.
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
         let logs = self.dir.join("logs").join(name);
         fs::create_dir_all(&logs).unwrap();
+        let uid = crate::unique_id(&format!("uid-{name}"));
+        let cgroup_parent = match cgroup_driver() {
+            CgroupDriver::Systemd => pod_slice(&uid),
+            CgroupDriver::Cgroupfs => String::new(),
+        };
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.to_string(),
-                uid: format!("uid-{name}"),
+                uid,
                 namespace: "default".into(),
                 attempt: 0,
             }),
             hostname: name.to_string(),
             log_directory: logs.display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: String::new(),
+                cgroup_parent,
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(own_pid_namespace()),
                     ..Default::default()
@@ -86,10 +94,39 @@ impl CriNode {
             config: Some(config.clone()),
             runtime_handler: handler.into(),
         };
-        self.call("RunPodSandbox", |mut c| async move {
-            c.run_pod_sandbox(request).await
-        })
-        .pod_sandbox_id
+        let pod = self
+            .call("RunPodSandbox", |mut c| async move {
+                c.run_pod_sandbox(request).await
+            })
+            .pod_sandbox_id;
+        let parent = config.linux.as_ref().map(|l| l.cgroup_parent.as_str());
+        if let Some(slice) = parent.filter(|p| p.ends_with(".slice")) {
+            self.pod_slices
+                .lock()
+                .unwrap()
+                .insert(pod.clone(), slice.to_string());
+        }
+        pod
+    }
+
+    /// What kubelet does once a pod is removed, with the systemd driver:
+    /// stops the pod's slice. A slice that still holds a cgroup (a
+    /// container's scope the shim left) stays, for the leak checks to find,
+    /// until the node is dropped.
+    fn remove_pod_slice(&self, pod: &str) {
+        let Some(slice) = self.pod_slices.lock().unwrap().get(pod).cloned() else {
+            return;
+        };
+        let holds_cgroups = fs::read_dir(crate::cgroups::slice_dir(&slice))
+            .map(|dir| {
+                dir.flatten()
+                    .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            })
+            .unwrap_or(false);
+        if !holds_cgroups {
+            super::stop_unit(&slice);
+            self.pod_slices.lock().unwrap().remove(pod);
+        }
     }
 
     /// A container config for `image` running `command`, logging to `<name>.log`.
@@ -286,6 +323,7 @@ impl CriNode {
             c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
                 .await
         });
+        self.remove_pod_slice(pod);
     }
 
     /// StopPodSandbox then RemovePodSandbox; the first error.
@@ -299,8 +337,9 @@ impl CriNode {
         self.try_call(|mut c| async move {
             c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
                 .await
-        })
-        .map(drop)
+        })?;
+        self.remove_pod_slice(pod);
+        Ok(())
     }
 
     /// `curl` from inside the node's network namespace, where the pod IPs
@@ -339,6 +378,17 @@ impl CriNode {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The slice kubelet's systemd driver makes for a BestEffort pod:
+/// `kubepods-besteffort-pod<uid>.slice`, `-` in the uid escaped as `_`
+/// (a `-` in a slice's name nests it).
+fn pod_slice(uid: &str) -> String {
+    let escaped: String = uid
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("kubepods-besteffort-pod{escaped}.slice")
 }
 
 /// What kubelet asks for unless a pod sets `shareProcessNamespace`: every
