@@ -5,9 +5,14 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
-use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
+use libcgroups::common::{
+    create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager,
+    CgroupSetup, FreezerState,
+};
+use libcgroups::v2;
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::notify_socket::NOTIFY_FILE;
@@ -16,7 +21,7 @@ use nix::unistd::Pid;
 
 use crate::request::{CreateRequest, ExecProcess, ExecRequest, Request};
 use crate::state::{cleanup, state_root};
-use crate::{oom, spawn, Error, Stats};
+use crate::{cgroup, oom, spawn, Error, Stats};
 
 /// A created Linux container whose init process will run a wasm guest.
 #[derive(Debug, Clone)]
@@ -25,6 +30,14 @@ pub struct LinuxContainer {
     bundle: PathBuf,
     pid: i32,
     debug: bool,
+    /// Its memory cgroup, where its process was put (whichever driver put it).
+    memory_cgroup: Option<PathBuf>,
+    /// Whether that is a cgroup v2 directory (a unified host).
+    unified: bool,
+    /// Whether systemd made its cgroup (the systemd driver, on cgroup v2):
+    /// libcontainer then reaches it through systemd ([`LinuxContainer::delete`]).
+    systemd: bool,
+    oom: Arc<OnceLock<Arc<oom::Watch>>>,
 }
 
 impl LinuxContainer {
@@ -32,11 +45,17 @@ impl LinuxContainer {
     /// linked, and waits for [`LinuxContainer::start`]. `stdin` becomes the guest's stdin.
     pub fn create(request: &CreateRequest, stdin: Option<OwnedFd>) -> Result<Self, Error> {
         let pid = spawn::spawn(&Request::Create(request.clone()), stdin)?;
+        let unified = matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified));
         Ok(Self {
             id: request.id.clone(),
             bundle: request.bundle.clone(),
             pid,
             debug: request.debug,
+            // Read while the process waits to be started, so it is there.
+            memory_cgroup: cgroup::memory_dir_of(pid),
+            unified,
+            systemd: unified && request.systemd_cgroup,
+            oom: Arc::default(),
         })
     }
 
@@ -129,6 +148,13 @@ impl LinuxContainer {
     pub fn kill(&self, signal: i32, all: bool) -> Result<(), Error> {
         let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
         if all {
+            if let Some(manager) = self.v2_cgroup()? {
+                // systemd removes a scope's cgroup with its last process.
+                if self.cgroup_gone() {
+                    return Ok(());
+                }
+                return signal_all(&manager, signal);
+            }
             return self
                 .load()?
                 .kill(signal, true)
@@ -148,9 +174,25 @@ impl LinuxContainer {
         }
     }
 
-    fn cgroup(
-        &self,
-    ) -> Result<impl CgroupManager<Error = libcgroups::common::AnyManagerError>, Error> {
+    /// On cgroup v2, libcgroups' v2 manager over the directory the
+    /// container's process is in, whichever driver made it: no connection to
+    /// systemd (libcgroups 0.7's systemd client leaks one each, see
+    /// [`cgroup`], and the shim lives as long as its pod).
+    fn v2_cgroup(&self) -> Result<Option<v2::manager::Manager>, Error> {
+        let Some(dir) = self.memory_cgroup.as_ref().filter(|_| self.unified) else {
+            return Ok(None);
+        };
+        let root = Path::new(cgroup::ROOT);
+        let relative = dir.strip_prefix(root).unwrap_or(dir);
+        v2::manager::Manager::new(root.to_path_buf(), relative.to_path_buf())
+            .map(Some)
+            .map_err(|e| Error::runtime("cannot open the container's cgroup", e))
+    }
+
+    fn cgroup(&self) -> Result<AnyCgroupManager, Error> {
+        if let Some(manager) = self.v2_cgroup()? {
+            return Ok(AnyCgroupManager::V2(manager));
+        }
         let container = self.load()?;
         let config = YoukiConfig::load(&container.root)
             .map_err(|e| Error::runtime("cannot load container config", e))?;
@@ -164,14 +206,37 @@ impl LinuxContainer {
 
     /// Calls `on_oom` whenever the kernel's OOM killer acts in the container's cgroup.
     pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<(), Error> {
-        let container = self.load()?;
-        let config = YoukiConfig::load(&container.root)
-            .map_err(|e| Error::runtime("cannot load container config", e))?;
-        oom::watch(&config.cgroup_path, on_oom)
+        let dir = self.memory_cgroup.as_ref().ok_or_else(|| {
+            Error::runtime(
+                "cannot watch for OOM kills",
+                "the container's cgroup is unknown",
+            )
+        })?;
+        let watch = oom::watch(dir, on_oom)?;
+        let _ = self.oom.set(watch);
+        Ok(())
+    }
+
+    /// Reports, through [`LinuxContainer::watch_oom`]'s `on_oom`, a kill the
+    /// kernel counted but has not told the watcher of yet: called before
+    /// the container's exit is published, so TaskOOM comes first.
+    pub fn check_oom(&self) {
+        if let Some(watch) = self.oom.get() {
+            watch.check();
+        }
+    }
+
+    /// Whether the container's cgroup is known and gone: on cgroup v2
+    /// systemd removes a scope's cgroup once its last process has exited.
+    fn cgroup_gone(&self) -> bool {
+        self.memory_cgroup.as_ref().is_some_and(|dir| !dir.exists())
     }
 
     /// The host PIDs of every process in the container's cgroup.
     pub fn pids(&self) -> Result<Vec<i32>, Error> {
+        if self.cgroup_gone() {
+            return Ok(Vec::new());
+        }
         let pids = self
             .cgroup()?
             .get_all_pids()
@@ -179,15 +244,56 @@ impl LinuxContainer {
         Ok(pids.into_iter().map(Pid::as_raw).collect())
     }
 
-    /// CPU, memory and pids usage from the container's cgroup.
+    /// CPU, memory and pids usage from the container's cgroup: on cgroup v2
+    /// from the controllers it has ([`cgroup::v2_stats`]), on v1 through
+    /// libcgroups.
     pub fn stats(&self) -> Result<Stats, Error> {
-        self.cgroup()?
-            .stats()
-            .map_err(|e| Error::runtime("cannot read the container's cgroup stats", e))
+        match &self.memory_cgroup {
+            Some(dir) if self.unified => cgroup::v2_stats(dir)
+                .map_err(|e| Error::runtime("cannot read the container's cgroup stats", e)),
+            _ => self
+                .cgroup()?
+                .stats()
+                .map_err(|e| Error::runtime("cannot read the container's cgroup stats", e)),
+        }
     }
 
-    /// Removes everything the container owns (see [`cleanup`]).
+    /// Removes everything the container owns (see [`cleanup`]); when
+    /// systemd made its cgroup, in a create helper rather than in the shim
+    /// (libcontainer reaches systemd there: see [`cgroup`]).
     pub fn delete(&self) -> Result<(), Error> {
-        cleanup(&self.bundle, &self.id)
+        if !self.systemd {
+            return cleanup(&self.bundle, &self.id);
+        }
+        let request = Request::Cleanup {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+        };
+        spawn::spawn(&request, None).map(drop).map_err(|e| match e {
+            Error::Create(reason) => Error::runtime("cannot delete the container", reason),
+            other => other,
+        })
     }
+}
+
+/// `signal` to every process in the cgroup, frozen meanwhile so none forks
+/// past it: what libcontainer's kill of all processes does.
+fn signal_all(manager: &v2::manager::Manager, signal: Signal) -> Result<(), Error> {
+    let frozen = manager.freeze(FreezerState::Frozen);
+    let pids = manager.get_all_pids();
+    let sent = pids
+        .map_err(|e| Error::runtime("cannot list the container's processes", e))
+        .and_then(|pids| {
+            pids.into_iter()
+                .try_for_each(|pid| match kill(pid, signal) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                    Err(e) => Err(Error::runtime("cannot signal the container's processes", e)),
+                })
+        });
+    if frozen.is_ok() {
+        if let Err(e) = manager.freeze(FreezerState::Thawed) {
+            log::warn!("cannot thaw the container's cgroup: {e}");
+        }
+    }
+    sent
 }

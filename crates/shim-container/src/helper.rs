@@ -97,6 +97,12 @@ pub fn main(args: &[String]) -> i32 {
 
 fn create(request: &Request) -> Result<i32, String> {
     request.check_ids()?;
+    if let Request::Cleanup { id, bundle } = request {
+        // No guest: no code server, no log of its own.
+        return crate::cleanup(bundle, id)
+            .map(|()| 0)
+            .map_err(|e| e.to_string());
+    }
     // Forked before anything else: it opens the shim log itself.
     let node = shim_engine::NodeConfig::get();
     let code =
@@ -105,6 +111,7 @@ fn create(request: &Request) -> Result<i32, String> {
     match request {
         Request::Create(create) => build_container(create, code),
         Request::Exec(exec) => build_exec(exec, code),
+        Request::Cleanup { .. } => Ok(0),
     }
 }
 

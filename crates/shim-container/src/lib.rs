@@ -20,7 +20,8 @@
 //!   are not wasm);
 //! - shared: [`process`] (names, descriptors, children, log), [`state`]
 //!   (libcontainer's state and cleanup), [`bundle`] (the one reader of
-//!   `config.json`), [`rootfs`], [`oom`].
+//!   `config.json`), [`rootfs`], [`cgroup`] (where the container's cgroup
+//!   is, its v2 stats), [`oom`].
 //!
 //! Where the node's cache lives is `shim_engine::NodeConfig`, read once per
 //! process and handed to the code server.
@@ -30,6 +31,7 @@
 //! private to the bundle and goes away with it.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod code;
 pub mod confinement;
 pub mod container;

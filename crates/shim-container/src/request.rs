@@ -9,12 +9,21 @@ use serde::{Deserialize, Serialize};
 use crate::rootfs::RootfsMount;
 use crate::Error;
 
-/// What the shim asks a create helper for: a container, or a process in one.
+/// What the shim asks a create helper for: a container, or a process in
+/// one; or the removal of what a container owns ([`crate::cleanup`]), when
+/// that needs systemd (see [`crate::cgroup`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     Create(CreateRequest),
     Exec(ExecRequest),
+    Cleanup { id: String, bundle: PathBuf },
 }
+
+/// The outputs of a request that runs no process.
+static NO_OUTPUTS: Outputs = Outputs {
+    stdout: None,
+    stderr: None,
+};
 
 /// Where a process's stdout and stderr go: containerd's fifos (or a
 /// `file://` log URI); `None` discards the stream.
@@ -74,6 +83,7 @@ impl Request {
         match self {
             Request::Create(create) => &create.id,
             Request::Exec(exec) => &exec.id,
+            Request::Cleanup { id, .. } => id,
         }
     }
 
@@ -81,6 +91,7 @@ impl Request {
         match self {
             Request::Create(create) => &create.bundle,
             Request::Exec(exec) => &exec.bundle,
+            Request::Cleanup { bundle, .. } => bundle,
         }
     }
 
@@ -88,6 +99,7 @@ impl Request {
         match self {
             Request::Create(create) => create.debug,
             Request::Exec(exec) => exec.debug,
+            Request::Cleanup { .. } => false,
         }
     }
 
@@ -95,6 +107,7 @@ impl Request {
         match self {
             Request::Create(create) => &create.outputs,
             Request::Exec(exec) => &exec.process.outputs,
+            Request::Cleanup { .. } => &NO_OUTPUTS,
         }
     }
 

@@ -49,6 +49,9 @@ pub trait Container: Send + Sync + 'static {
     fn stats(&self) -> Result<Stats, Error>;
     /// Calls `on_oom` whenever the kernel's OOM killer acts in its cgroup.
     fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) -> Result<(), Error>;
+    /// Calls `on_oom` now for a kill the kernel counted but has not yet
+    /// told the watcher of; before its exit is published.
+    fn check_oom(&self) {}
     /// Removes everything it owns; its processes die with it.
     fn delete(&self) -> Result<(), Error>;
 }
@@ -116,6 +119,10 @@ impl Container for LinuxContainer {
 
     fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) -> Result<(), Error> {
         LinuxContainer::watch_oom(self, on_oom)
+    }
+
+    fn check_oom(&self) {
+        LinuxContainer::check_oom(self)
     }
 
     fn delete(&self) -> Result<(), Error> {

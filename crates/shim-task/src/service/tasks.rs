@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::error::TaskError;
 use crate::events::EventSink;
 use crate::lifecycle::{Phase, KILLED_EXIT_STATUS};
+use crate::runtime::Container;
 
 use super::process::Process;
 
@@ -91,7 +92,7 @@ impl<C, E> Tasks<C, E> {
     }
 }
 
-impl<C, E: EventSink> Tasks<C, E> {
+impl<C: Container, E: EventSink> Tasks<C, E> {
     pub fn new(events: E) -> Self {
         Self {
             events,
@@ -212,6 +213,11 @@ impl<C, E: EventSink> Tasks<C, E> {
         let Some((task, exec_id)) = found else {
             return;
         };
+        // An OOM kill the watcher has not heard of yet is published first:
+        // kubelet reads `OOMKilled` only from a TaskOOM before the exit.
+        if exec_id.is_none() {
+            task.container.check_oom();
+        }
         // An exec deleted meanwhile has nobody to tell.
         if let Ok(process) = task.process(exec_id.as_deref().unwrap_or_default()) {
             process.drain_output();

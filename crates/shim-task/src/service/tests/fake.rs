@@ -31,6 +31,10 @@ pub(super) struct World {
     /// The other end of the terminal a create with a console socket sent
     /// (as libcontainer sends the pty master).
     pub(super) terminal: Mutex<Option<OwnedFd>>,
+    /// The last container's OOM callback, and whether the kernel counted a
+    /// kill it has not reported yet (what `check_oom` reports).
+    pub(super) on_oom: Mutex<Option<Box<dyn Fn() + Send>>>,
+    pub(super) oom_pending: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Default)]
@@ -118,8 +122,16 @@ impl Container for FakeContainer {
     fn stats(&self) -> Result<Stats, Error> {
         Ok(Stats::default())
     }
-    fn watch_oom(&self, _: Box<dyn Fn() + Send>) -> Result<(), Error> {
+    fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) -> Result<(), Error> {
+        *self.world.on_oom.lock().unwrap() = Some(on_oom);
         Ok(())
+    }
+    fn check_oom(&self) {
+        if self.world.oom_pending.swap(false, Ordering::SeqCst) {
+            if let Some(on_oom) = &*self.world.on_oom.lock().unwrap() {
+                on_oom();
+            }
+        }
     }
     fn delete(&self) -> Result<(), Error> {
         self.world.deleted.lock().unwrap().push(self.id.clone());

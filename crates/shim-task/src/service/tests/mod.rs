@@ -192,6 +192,23 @@ fn an_exit_that_comes_during_an_exec_start_is_not_lost() {
 }
 
 #[test]
+fn an_oom_kill_the_watcher_has_not_reported_is_published_before_the_exit() {
+    let s = setup();
+    let pid = s.create("c1").unwrap();
+    s.start("c1", "").unwrap();
+    // The kernel counted the kill; its notification has not come yet.
+    s.world.oom_pending.store(true, Ordering::SeqCst);
+    s.exited(pid, 137);
+    let topics = s.events.topics();
+    let oom = topics.iter().position(|t| t == "/tasks/oom");
+    let exit = topics.iter().position(|t| t == "/tasks/exit");
+    assert!(
+        oom.is_some() && oom < exit,
+        "TaskOOM, then TaskExit: {topics:?}"
+    );
+}
+
+#[test]
 fn deleting_a_task_ends_its_execs_as_killed() {
     let s = setup();
     let pid = s.create("c1").unwrap();
