@@ -110,6 +110,15 @@ impl Cgroup {
         Some((used, throttled))
     }
 
+    /// CPU time used, in ns: v1's `cpuacct.usage`, else v2's `usage_usec`
+    /// (in `cpu.stat` with or without the cpu controller).
+    pub fn cpu_time(&self) -> Option<u64> {
+        match self.read("cpuacct", "cpuacct.usage") {
+            Some(ns) => ns.trim().parse().ok(),
+            None => Some(self.stat("cpu", "cpu.stat", "usage_usec")? * 1000),
+        }
+    }
+
     /// The CPU quota and its period, in µs: v1's `cpu.cfs_quota_us` and
     /// `cpu.cfs_period_us`, else v2's `cpu.max`; a quota of `None` is none.
     pub fn cpu_max(&self) -> Option<(Option<u64>, u64)> {

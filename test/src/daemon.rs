@@ -69,6 +69,28 @@ pub(crate) fn spawn_containerd(dir: &Path, netns: Option<&str>) -> Child {
         .expect("start containerd")
 }
 
+/// containerd's `[timeouts]` for its shims, multiplied by the node's
+/// [`slowness`](crate::environment::slowness) (containerd's defaults: a task's
+/// state 2 s, a shim's load and cleanup 5 s, its shutdown 3 s); nothing at 1.
+/// A state call that times out gives CRI a pid of 0, and a container of the
+/// pod is then made in `/proc/0/ns/...`.
+pub(crate) fn timeouts_config() -> String {
+    let n = crate::environment::slowness();
+    if n == 1 {
+        return String::new();
+    }
+    format!(
+        "[timeouts]\n  \"io.containerd.timeout.task.state\" = \"{}s\"\n  \
+         \"io.containerd.timeout.shim.load\" = \"{}s\"\n  \
+         \"io.containerd.timeout.shim.cleanup\" = \"{}s\"\n  \
+         \"io.containerd.timeout.shim.shutdown\" = \"{}s\"\n",
+        2 * n,
+        5 * n,
+        5 * n,
+        3 * n
+    )
+}
+
 /// SIGTERM, then SIGKILL after 10 s.
 pub(crate) fn stop_containerd(mut child: Child) {
     let _ = kill(child.id() as i32, 15);

@@ -191,6 +191,23 @@ fn which(binary: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// How much slower than these machines the node under test runs:
+/// `TEST_SLOWNESS` (default 1; the cgroup v2 guest of test/vm/, emulated,
+/// sets 16). Upper bounds on how long something may take are multiplied by
+/// it ([`slow`]); what a test checks stays the same.
+pub fn slowness() -> u32 {
+    std::env::var("TEST_SLOWNESS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// `bound` on this node: multiplied by [`slowness`].
+pub fn slow(bound: std::time::Duration) -> std::time::Duration {
+    bound * slowness()
+}
+
 /// A count from the environment variable `var`, else `default`.
 pub fn env_count(var: &str, default: usize) -> usize {
     std::env::var(var)

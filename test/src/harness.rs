@@ -59,12 +59,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "{dir}/containerd.sock.ttrpc"
 [debug]
   level = "{level}"
-"#,
+{timeouts}"#,
             // 2.x keeps the CRI's config plugins (cri.v1.runtime, cri.v1.images)
             // loaded: the sandbox controllers depend on them. Without the CRI
             // gRPC service they do nothing.
             config_version = if containerd_version().is_v2() { 3 } else { 2 },
-            dir = dir.display()
+            dir = dir.display(),
+            timeouts = crate::daemon::timeouts_config(),
         );
         fs::write(dir.join("config.toml"), config).expect("write containerd config");
         let child = spawn_containerd(&dir, None);

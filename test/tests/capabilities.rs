@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::CriNode;
+use shim_tests::environment::slow;
 use shim_tests::images::{HELLO_HTTP, WASM_TEST};
 use shim_tests::{unique_id, Containerd, CtrOutput};
 
@@ -141,7 +142,7 @@ fn a_looping_guest_is_stopped_at_its_deadline() {
         "{out:?}"
     );
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        took >= Duration::from_secs(1) && took < slow(Duration::from_secs(10)),
         "{took:?}"
     );
     c.assert_clean(&[&id]);
@@ -161,7 +162,7 @@ fn a_looping_guest_is_stopped_at_its_deadline() {
         out.stderr.contains("ran past its deadline of 1s"),
         "{out:?}"
     );
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(took < slow(Duration::from_secs(10)), "{took:?}");
     c.assert_clean(&[&id]);
 
     // A guest that ends in time is not touched.
@@ -231,7 +232,7 @@ fn cri_pods_get_deadlines_and_narrowed_files_from_annotations() {
     let took = began.elapsed();
     assert_eq!(status.exit_code, 124, "{status:?}");
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        took >= Duration::from_secs(3) && took < slow(Duration::from_secs(15)),
         "{took:?}"
     );
     let log = std::fs::read_to_string(node.dir().join("logs/limited/spin.log")).unwrap();

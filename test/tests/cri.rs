@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use shim_tests::cgroups::Cgroup;
 use shim_tests::cri::{http_response, share_pid_namespace, CriNode, HANDLER};
+use shim_tests::environment::slow;
 use shim_tests::images::{HELLO_HTTP, HELLO_WASI, WASM_TEST};
 
 #[test]
@@ -87,7 +88,10 @@ fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
         k8s_cri::v1::ContainerState::ContainerRunning as i32,
         "{running:?}"
     );
-    // kubectl top: the running wasm container has CPU and memory in its stats.
+    // kubectl top: the running wasm container has CPU and memory in its
+    // stats, CPU as its cgroup counts it (nanoseconds, on v1 and v2).
+    let cgroup = Cgroup::container(shim_tests::cri::NAMESPACE, &wasm);
+    let before = cgroup.cpu_time().expect("the container's CPU time");
     let stats = node.call("ContainerStats", |mut c| {
         let container_id = wasm.clone();
         async move {
@@ -95,13 +99,25 @@ fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
                 .await
         }
     });
+    let after = cgroup.cpu_time().expect("the container's CPU time");
     let stats = stats.stats.expect("stats");
     let memory = stats
         .memory
-        .and_then(|m| m.working_set_bytes)
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
         .map(|v| v.value)
         .unwrap_or(0);
     assert!(memory > 0, "memory working set: {stats:?}");
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value)
+        .unwrap_or(0);
+    assert!(
+        before > 0 && (before..=after).contains(&cpu),
+        "CPU time {cpu} ns, the cgroup's {before}..={after} ns: {stats:?}"
+    );
     assert_eq!(
         node.shims().len(),
         1,
@@ -148,7 +164,7 @@ fn cpu_limit_reaches_the_cgroup_and_stop_container_sends_sigterm() {
     let status = node.wait_exited(&id);
     assert_eq!(status.exit_code, 143, "{status:?}");
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
+        started.elapsed() < slow(std::time::Duration::from_secs(5)),
         "took {:?}",
         started.elapsed()
     );
@@ -281,7 +297,13 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
 
     // StopContainer while a slow request is in flight: the server stops
     // accepting, answers it, and exits 0 well within the grace period.
-    let slow = node.http_request(&format!("http://{ip}:8080/slow"));
+    let in_flight = node.http_request(&format!("http://{ip}:8080/slow"));
+    // In flight: connected (curl takes a while to start on a slow node),
+    // then a moment for the server to read the request.
+    assert!(
+        connected(&in_flight, &ip, 8080, Duration::from_secs(30)),
+        "curl never connected to {ip}:8080"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let container_id = web.clone();
@@ -293,11 +315,14 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
         .await
     });
     let stopped_after = started.elapsed();
-    let (status, body) = http_response(slow);
+    let (status, body) = http_response(in_flight);
     assert_eq!((status, body.as_str()), (200, "hello from wasm at /slow\n"));
     let exited = node.wait_exited(&web);
     assert_eq!((exited.exit_code, exited.reason.as_str()), (0, "Completed"));
-    assert!(stopped_after < Duration::from_secs(5), "{stopped_after:?}");
+    assert!(
+        stopped_after < slow(Duration::from_secs(5)),
+        "{stopped_after:?}"
+    );
     assert_eq!(node.http_get(&format!("http://{ip}:8080/")).0, 0);
 
     let log = std::fs::read_to_string(node.dir().join("logs/web/web.log")).unwrap();
@@ -322,6 +347,31 @@ fn a_wasi_http_component_serves_at_the_pod_ip_and_drains_on_stop() {
     node.stop_and_remove_pod(&pod);
     node.stop_and_remove_pod(&pod2);
     node.assert_clean(&[pod, pod2, web, second, clash, web2]);
+}
+
+/// Waits (up to `patience`) until process `client` has a TCP connection
+/// established to `ip:port`, as its network namespace's /proc/net/tcp shows.
+fn connected(client: &std::process::Child, ip: &str, port: u16, patience: Duration) -> bool {
+    let octets: Vec<u8> = ip.split('.').filter_map(|o| o.parse().ok()).collect();
+    // The kernel prints an address as its 32 bits in host (little-endian) order.
+    let remote = format!(
+        "{:02X}{:02X}{:02X}{:02X}:{port:04X}",
+        octets[3], octets[2], octets[1], octets[0]
+    );
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        let table =
+            std::fs::read_to_string(format!("/proc/{}/net/tcp", client.id())).unwrap_or_default();
+        // `sl local rem st ...`; state 01 is ESTABLISHED.
+        if table.lines().skip(1).any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(2) == Some(&remote.as_str()) && cols.get(3) == Some(&"01")
+        }) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 #[test]

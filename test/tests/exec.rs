@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use shim_tests::cri::CriNode;
+use shim_tests::environment::slow;
 use shim_tests::images::WASM_TEST;
 use shim_tests::{unique_id, Containerd};
 
@@ -316,7 +317,7 @@ fn cri_exec_sync_serves_probes_in_wasm_and_native_containers() {
     let timed_out = exec_sync(&node, &wasm, &["/wasitest.wasm", "sleep"], 1);
     assert!(timed_out.is_err(), "{timed_out:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < slow(Duration::from_secs(8)),
         "{:?}",
         started.elapsed()
     );

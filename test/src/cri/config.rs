@@ -78,7 +78,7 @@ state = "{dir}/state"
   address = "{dir}/containerd.sock.ttrpc"
 [debug]
   level = "debug"
-[plugins."io.containerd.grpc.v1.cri"]
+{timeouts}[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -102,6 +102,7 @@ state = "{dir}/state"
             r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes"#,
             dir
         ),
+        timeouts = crate::daemon::timeouts_config(),
     )
 }
 
@@ -123,7 +124,7 @@ state = "{dir}/state"
   address = "{dir}/containerd.sock.ttrpc"
 [debug]
   level = "debug"
-[plugins."io.containerd.cri.v1.images".pinned_images]
+{timeouts}[plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{PAUSE_IMAGE}"
 [plugins."io.containerd.nri.v1.nri"]
   socket_path = "{dir}/nri.sock"
@@ -150,6 +151,7 @@ state = "{dir}/state"
             r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes"#,
             dir
         ),
+        timeouts = crate::daemon::timeouts_config(),
     )
 }
 
