@@ -35,7 +35,7 @@ CONTAINERD_MATRIX := 1.7 2.1
 
 .PHONY: help demo demo-deps check test deps unit-test e2e-test e2e-matrix manifest-test \
 	build release install images installer-debs installer-image bench bench-deps soak fuzz \
-	fmt lint clean conformance
+	fmt lint clean conformance vm-deps test-v2 test-v2-full
 
 help:
 	@echo "make demo             run a wasm program through a private containerd with this shim (root;"
@@ -49,6 +49,9 @@ help:
 	@echo "make e2e-test         the end-to-end suites against the machine's containerd (root)"
 	@echo "make e2e-matrix       the shim-tests suites against containerd $(CONTAINERD_MATRIX) from $(DEBS) (root)"
 	@echo "make manifest-test    deploy/'s manifests against the Kubernetes schemas"
+	@echo "make test-v2          the e2e suites in a cgroup v2 + systemd guest (QEMU): CI's subset (root)"
+	@echo "make test-v2-full     every v2 suite on containerd 1.6 and 2.1, cgroupfs and systemd drivers (root)"
+	@echo "make vm-deps          QEMU, and the cgroup v2 + systemd guest's kernel and initramfs in $(VM) (root)"
 	@echo "make conformance      critest (Kubernetes' CRI suite), every spec, runc then wasmtime; no regression (root)"
 	@echo "make build            every debug target"
 	@echo "make release          the shim, release build"
@@ -63,13 +66,13 @@ help:
 	@echo "make fmt | lint       cargo fmt; fmt --check and clippy -D warnings"
 	@echo "make clean            remove $(IMAGES)"
 
-# $(call apt-install,PACKAGES): installs those of PACKAGES that are missing
-# (Debian/Ubuntu, as root).
+# $(call apt-install,PACKAGES[,FLAGS]): installs those of PACKAGES that are
+# missing (Debian/Ubuntu, as root), with apt-get's FLAGS.
 define apt-install
 @missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 if [ -n "$$missing" ]; then \
 	echo "installing:$$missing"; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
 fi
 endef
 
@@ -107,14 +110,8 @@ VM := target/vm
 VM_DEPS := qemu-system-x86 kmod cpio
 
 vm-deps:
-	@missing=""; for p in $(VM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt-install,$(VM_DEPS),--no-install-recommends)
 	test/vm/build.sh $(VM)
-
-.PHONY: vm-deps
 
 # --- images: the demo and test programs, as OCI image tarballs -------------
 $(WASM_OCI): $(wildcard crates/wasm-image-builder/src/*.rs)
@@ -313,6 +310,24 @@ manifest-test:
 test: deps unit-test manifest-test fuzz
 	@status=0; $(MAKE) --no-print-directory e2e-test || status=1; \
 	$(MAKE) --no-print-directory e2e-matrix || status=1; exit $$status
+
+# --- cgroup v2 + systemd: the e2e suites in the guest of test/vm/ ---------
+# One guest per containerd version and cgroup driver (test/vm/matrix; the
+# guest is emulated, ~10x slower than this machine; docs/compatibility.md
+# has a run's numbers). test-v2 is what CI runs, chosen to fit its time: every
+# v2 suite on 2.1 with the systemd driver (the default of current nodes), the
+# ctr and CRI suites on 1.6 with systemd, and CRI on 2.1 with cgroupfs.
+# test-v2-full runs every suite on 1.6 and 2.1 with both drivers.
+V2_SUITES := leak_checks,ctr,cri,exec,capabilities,churn
+V2_CHURN := CHURN_COUNT=20 CHURN_PODS=10
+V2_CI := 2.1:systemd machine:systemd:leak_checks,ctr,cri,exec 2.1:cgroupfs:leak_checks,cri,exec,capabilities
+V2_FULL := machine:cgroupfs machine:systemd 2.1:cgroupfs 2.1:systemd
+
+test-v2: build images installer-debs vm-deps
+	$(V2_CHURN) test/vm/matrix --suites $(V2_SUITES) $(V2_CI)
+
+test-v2-full: build images installer-debs vm-deps
+	$(V2_CHURN) test/vm/matrix --suites $(V2_SUITES) $(V2_FULL)
 
 # Numbers, not pass/fail, so not part of `make test`. The harness is a debug
 # build; the shim it measures is the release build. The reference `wasmtime
