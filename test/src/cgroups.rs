@@ -103,11 +103,7 @@ impl Cgroup {
     /// the number of periods the CPU quota throttled.
     pub fn cpu_usage(&self) -> Option<(u64, u64)> {
         let throttled = self.stat("cpu", "cpu.stat", "nr_throttled")?;
-        let used = match self.read("cpuacct", "cpuacct.usage") {
-            Some(ns) => ns.trim().parse().ok()?,
-            None => self.stat("cpu", "cpu.stat", "usage_usec")? * 1000,
-        };
-        Some((used, throttled))
+        Some((self.cpu_time()?, throttled))
     }
 
     /// CPU time used, in ns: v1's `cpuacct.usage`, else v2's `usage_usec`
@@ -172,7 +168,9 @@ impl Cgroup {
 pub fn left(parent: &str, ids: &[impl AsRef<str>]) -> Vec<String> {
     let mut found: Vec<PathBuf> = Vec::new();
     for id in ids {
-        for dir in Cgroup::container(parent, id.as_ref()).existing_dirs() {
+        // A systemd scope is found by the walk below.
+        let cgroupfs = Cgroup::Path(Path::new(parent).join(id.as_ref()));
+        for dir in cgroupfs.existing_dirs() {
             if !found.contains(&dir) {
                 found.push(dir);
             }

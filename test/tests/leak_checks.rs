@@ -15,12 +15,12 @@ use shim_tests::environment::systemd_booted;
 use shim_tests::leaks::{cgroups_and_units_left, units_naming};
 use shim_tests::{unique_id, NAMESPACE};
 
-/// Polls `check` until it says `want`, for up to 10 s; the last answer.
-fn wait_for(want: bool, check: impl Fn() -> Vec<String>) -> Vec<String> {
+/// Polls `check` until it finds nothing, for up to 10 s; the last answer.
+fn wait_until_gone(check: impl Fn() -> Vec<String>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = check();
-        if found.is_empty() != want || Instant::now() > deadline {
+        if found.is_empty() || Instant::now() > deadline {
             return found;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -109,7 +109,7 @@ fn under_systemd_a_scope_named_after_a_container_is_found() {
             .any(|l| l.starts_with("cgroup ") && l.ends_with(&unit)),
         "the scope's cgroup not found: {both:?}"
     );
-    let after = wait_for(false, || cgroups_and_units_left(NAMESPACE, &[&id]));
+    let after = wait_until_gone(|| cgroups_and_units_left(NAMESPACE, &[&id]));
     assert_eq!(after, Vec::<String>::new(), "once {unit} is gone");
     eprintln!("checked: the unit {unit} and its cgroup");
 }

@@ -29,14 +29,13 @@ use crate::Stats;
 
 /// Where cgroupfs is mounted.
 pub const ROOT: &str = "/sys/fs/cgroup";
-const CGROUP_ROOT: &str = ROOT;
 
 /// The directory of the memory cgroup of process `pid`: on cgroup v2 its
 /// cgroup in the unified tree at /sys/fs/cgroup; on v1 (or a hybrid host) its
 /// cgroup in the memory hierarchy.
 pub fn memory_dir_of(pid: i32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
+    let unified = Path::new(ROOT).join("cgroup.controllers").exists();
     memory_dir_in(&text, unified)
 }
 
@@ -48,9 +47,9 @@ fn memory_dir_in(proc_cgroup: &str, unified: bool) -> Option<PathBuf> {
         let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
         let relative = path.trim_start_matches('/');
         if unified && controllers.is_empty() {
-            Some(Path::new(CGROUP_ROOT).join(relative))
+            Some(Path::new(ROOT).join(relative))
         } else if !unified && controllers.split(',').any(|c| c == "memory") {
-            Some(Path::new(CGROUP_ROOT).join("memory").join(relative))
+            Some(Path::new(ROOT).join("memory").join(relative))
         } else {
             None
         }
