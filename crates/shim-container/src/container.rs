@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use libcgroups::common::{
@@ -38,6 +39,9 @@ pub struct LinuxContainer {
     /// libcontainer then reaches it through systemd ([`LinuxContainer::delete`]).
     systemd: bool,
     oom: Arc<OnceLock<Arc<oom::Watch>>>,
+    /// Whether containerd had the shim send its init a SIGKILL: one it dies
+    /// of otherwise came from the kernel (or from outside containerd).
+    sigkill_sent: Arc<AtomicBool>,
 }
 
 impl LinuxContainer {
@@ -56,6 +60,7 @@ impl LinuxContainer {
             unified,
             systemd: unified && request.systemd_cgroup,
             oom: Arc::default(),
+            sigkill_sent: Arc::default(),
         })
     }
 
@@ -147,6 +152,9 @@ impl LinuxContainer {
     /// Sends `signal` to the guest, or to every process in its cgroup with `all`.
     pub fn kill(&self, signal: i32, all: bool) -> Result<(), Error> {
         let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
+        if signal == Signal::SIGKILL {
+            self.sigkill_sent.store(true, Ordering::SeqCst);
+        }
         if all {
             if let Some(manager) = self.v2_cgroup()? {
                 // systemd removes a scope's cgroup with its last process.
@@ -218,11 +226,13 @@ impl LinuxContainer {
     }
 
     /// Reports, through [`LinuxContainer::watch_oom`]'s `on_oom`, a kill the
-    /// kernel counted but has not told the watcher of yet: called before
-    /// the container's exit is published, so TaskOOM comes first.
-    pub fn check_oom(&self) {
+    /// kernel counted but has not told the watcher of yet: called with the
+    /// init's exit status before its exit is published, so TaskOOM comes
+    /// first (see [`oom::Watch::check_exit`]).
+    pub fn check_oom(&self, exit_status: u32) {
+        let sigkilled = exit_status == 128 + Signal::SIGKILL as u32;
         if let Some(watch) = self.oom.get() {
-            watch.check();
+            watch.check_exit(sigkilled && !self.sigkill_sent.load(Ordering::SeqCst));
         }
     }
 

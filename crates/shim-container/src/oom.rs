@@ -14,7 +14,12 @@
 //! last process is gone. A kill whose count is read only after that is lost:
 //! the race runc's and conmon's watchers have too (opencontainers/runc#5071,
 //! containers/conmon#426). The watcher is woken by the kill itself, before
-//! the victim has finished dying, so it nearly always reads first.
+//! the victim has finished dying, so it nearly always reads first; on a slow
+//! node systemd sometimes won (seen in the cgroup v2 guest, 1 run in ~5). So
+//! when the cgroup is gone at the exit, and the process died of a SIGKILL the
+//! shim did not send, the parent cgroup's count decides
+//! ([`Watch::check_exit`]): on v2 `memory.events` counts the kills of every
+//! cgroup below too, and keeps them when that cgroup is removed.
 //!
 //! The watcher thread ends
 //! when no process is left in the cgroup (v2: `populated 0` in
@@ -35,6 +40,11 @@ use crate::Error;
 pub struct Watch {
     /// The file with the `oom_kill` counter.
     counter: PathBuf,
+    /// Its count when the watch began.
+    initial: u64,
+    /// On cgroup v2, the parent cgroup's `memory.events` and its count when
+    /// the watch began.
+    parent: Option<(PathBuf, u64)>,
     /// The count reported so far, and whom to tell.
     state: Mutex<(u64, Box<dyn Fn() + Send>)>,
 }
@@ -51,12 +61,39 @@ impl Watch {
     /// Reports the kills counted since the last report: whenever the
     /// counter may have moved, and before an exit is published.
     pub fn check(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = oom_kills(&self.counter) {
-            if count > state.0 {
-                state.0 = count;
-                (state.1)();
-            }
+            self.report(count);
+        }
+    }
+
+    /// At the container's exit, before it is published: [`Watch::check`];
+    /// and if the cgroup is gone already (systemd removed it with its last
+    /// process) and `unasked_sigkill` (its process died of a SIGKILL the shim
+    /// was not asked to send), a kill its parent counted since the watch
+    /// began is taken for its own, unless one was reported already.
+    pub fn check_exit(&self, unasked_sigkill: bool) {
+        if let Some(count) = oom_kills(&self.counter) {
+            return self.report(count);
+        }
+        let Some((parent, before)) = self.parent.as_ref().filter(|_| unasked_sigkill) else {
+            return;
+        };
+        if oom_kills(parent).is_some_and(|count| count > *before) {
+            log::info!(
+                "{}: gone with an OOM kill counted in {}",
+                self.counter.display(),
+                parent.display()
+            );
+            self.report(self.initial + 1);
+        }
+    }
+
+    /// Reports a kill if `count` is past the count reported so far.
+    fn report(&self, count: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if count > state.0 {
+            state.0 = count;
+            (state.1)();
         }
     }
 }
@@ -77,8 +114,16 @@ pub fn watch(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<Arc<Watch
         dir.join("memory.oom_control")
     };
     let seen = oom_kills(&counter).unwrap_or(0);
+    let parent = dir
+        .parent()
+        .map(|p| p.join("memory.events"))
+        .filter(|_| unified)
+        .and_then(|file| Some((oom_kills(&file)?, file)))
+        .map(|(count, file)| (file, count));
     let watch = Arc::new(Watch {
         counter,
+        initial: seen,
+        parent,
         state: Mutex::new((seen, Box::new(on_oom))),
     });
     let watcher = watch.clone();
@@ -222,5 +267,36 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(threads(), 0, "the watcher thread ended");
+    }
+
+    /// systemd removed the container's scope with its last process before
+    /// the exit path read its count: the parent's count decides, for a
+    /// SIGKILL the shim did not send, once.
+    #[test]
+    fn a_kill_in_a_removed_cgroup_is_found_in_its_parents_count() {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::write(parent.path().join("memory.events"), "oom 3\noom_kill 3\n").unwrap();
+        let dir = parent.path().join("cri-containerd-1.scope");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("memory.events"), "oom 0\noom_kill 0\n").unwrap();
+        std::fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+        let reported = Arc::new(AtomicUsize::new(0));
+        let counter = reported.clone();
+        let watch = super::watch(&dir, move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+        // Gone, with no kill counted below the parent meanwhile: nothing.
+        std::fs::remove_dir_all(&dir).unwrap();
+        watch.check_exit(true);
+        assert_eq!(reported.load(Ordering::SeqCst), 0);
+        // The parent counted one: a SIGKILL the shim sent is not an OOM kill.
+        std::fs::write(parent.path().join("memory.events"), "oom 4\noom_kill 4\n").unwrap();
+        watch.check_exit(false);
+        assert_eq!(reported.load(Ordering::SeqCst), 0);
+        // One nobody asked for is, and is reported once.
+        watch.check_exit(true);
+        watch.check_exit(true);
+        assert_eq!(reported.load(Ordering::SeqCst), 1);
     }
 }

@@ -50,8 +50,9 @@ pub trait Container: Send + Sync + 'static {
     /// Calls `on_oom` whenever the kernel's OOM killer acts in its cgroup.
     fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) -> Result<(), Error>;
     /// Calls `on_oom` now for a kill the kernel counted but has not yet
-    /// told the watcher of; before its exit is published.
-    fn check_oom(&self) {}
+    /// told the watcher of; with the init's exit status, before that exit
+    /// is published.
+    fn check_oom(&self, _exit_status: u32) {}
     /// Removes everything it owns; its processes die with it.
     fn delete(&self) -> Result<(), Error>;
 }
@@ -121,8 +122,8 @@ impl Container for LinuxContainer {
         LinuxContainer::watch_oom(self, on_oom)
     }
 
-    fn check_oom(&self) {
-        LinuxContainer::check_oom(self)
+    fn check_oom(&self, exit_status: u32) {
+        LinuxContainer::check_oom(self, exit_status)
     }
 
     fn delete(&self) -> Result<(), Error> {

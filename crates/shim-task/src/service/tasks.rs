@@ -216,7 +216,7 @@ impl<C: Container, E: EventSink> Tasks<C, E> {
         // An OOM kill the watcher has not heard of yet is published first:
         // kubelet reads `OOMKilled` only from a TaskOOM before the exit.
         if exec_id.is_none() {
-            task.container.check_oom();
+            task.container.check_oom(code);
         }
         // An exec deleted meanwhile has nobody to tell.
         if let Ok(process) = task.process(exec_id.as_deref().unwrap_or_default()) {

@@ -126,7 +126,7 @@ impl Container for FakeContainer {
         *self.world.on_oom.lock().unwrap() = Some(on_oom);
         Ok(())
     }
-    fn check_oom(&self) {
+    fn check_oom(&self, _exit_status: u32) {
         if self.world.oom_pending.swap(false, Ordering::SeqCst) {
             if let Some(on_oom) = &*self.world.on_oom.lock().unwrap() {
                 on_oom();
