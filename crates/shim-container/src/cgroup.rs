@@ -30,6 +30,28 @@ use crate::Stats;
 /// Where cgroupfs is mounted.
 pub const ROOT: &str = "/sys/fs/cgroup";
 
+/// Creates the parents of a cgroup the cgroupfs driver names
+/// (`/default/<id>`) on cgroup v2, whether or not they exist. libcgroups
+/// 0.7's v2 manager checks for each parent and then creates it, so two
+/// containers created at once under a new parent failed with `failed to
+/// create dir /sys/fs/cgroup/default: File exists` (seen in the cgroup v2
+/// guest); with the parents made, it only enables their controllers. A
+/// systemd-driver path (`slice:prefix:name`) and cgroup v1 are left alone.
+pub fn create_parents(cgroups_path: &str) -> std::io::Result<()> {
+    create_parents_in(Path::new(ROOT), cgroups_path)
+}
+
+fn create_parents_in(root: &Path, cgroups_path: &str) -> std::io::Result<()> {
+    if cgroups_path.contains(':') || !root.join("cgroup.controllers").exists() {
+        return Ok(());
+    }
+    let dir = root.join(cgroups_path.trim_start_matches('/'));
+    match dir.parent() {
+        Some(parent) if parent != root => std::fs::create_dir_all(parent),
+        _ => Ok(()),
+    }
+}
+
 /// The directory of the memory cgroup of process `pid`: on cgroup v2 its
 /// cgroup in the unified tree at /sys/fs/cgroup; on v1 (or a hybrid host) its
 /// cgroup in the memory hierarchy.
@@ -171,5 +193,28 @@ mod tests {
         assert_eq!(stats.memory.stats.get("inactive_file"), Some(&512));
         assert_eq!((stats.pids.current, stats.pids.limit), (2, 0));
         assert!(v2_stats(&dir.path().join("gone")).is_err());
+    }
+
+    #[test]
+    fn a_cgroupfs_cgroups_parents_are_made_whether_or_not_they_exist() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        // Not a cgroup v2 root: nothing is made.
+        super::create_parents_in(root, "/default/c1").unwrap();
+        assert!(!root.join("default").exists());
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        super::create_parents_in(root, "/default/c1").unwrap();
+        super::create_parents_in(root, "/default/c2").unwrap();
+        super::create_parents_in(root, "/k8s.io/pod/c3").unwrap();
+        assert!(root.join("default").is_dir() && root.join("k8s.io/pod").is_dir());
+        assert!(
+            !root.join("default/c1").exists(),
+            "the cgroup is libcgroups' to make"
+        );
+        super::create_parents_in(root, "system.slice:cri-containerd:c4").unwrap();
+        assert!(
+            !root.join("system.slice").exists(),
+            "systemd's paths are systemd's"
+        );
     }
 }

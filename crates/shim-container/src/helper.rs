@@ -125,6 +125,10 @@ fn build_container(
     let bundle = Bundle::load(&request.bundle)?;
     let mut spec = bundle.spec().clone();
     adapt_spec(&mut spec, request.layer.as_ref());
+    if let Some(path) = bundle.cgroups_path().filter(|_| !request.systemd_cgroup) {
+        crate::cgroup::create_parents(&path)
+            .map_err(|e| format!("cannot create the parents of cgroup {path}: {e}"))?;
+    }
     mount_rootfs(&request.bundle, &request.rootfs).map_err(|e| e.to_string())?;
     let mounted = began.elapsed();
     let result = build_init(request, &bundle, spec, code);
