@@ -175,6 +175,9 @@ impl LinuxContainer {
     /// exec's) by host PID; one that is gone is [`Error::NotRunning`].
     pub fn signal(&self, pid: i32, signal: i32) -> Result<(), Error> {
         let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
+        if signal == Signal::SIGKILL && pid == self.pid {
+            self.sigkill_sent.store(true, Ordering::SeqCst);
+        }
         match kill(Pid::from_raw(pid), signal) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::ESRCH) => Err(Error::NotRunning),
@@ -210,6 +213,19 @@ impl LinuxContainer {
             container_name: self.id.clone(),
         })
         .map_err(|e| Error::runtime("cannot open the container's cgroup", e))
+    }
+
+    /// Freezes every process in the container's cgroup (Pause), or thaws
+    /// them (Resume): the v1 freezer, v2's `cgroup.freeze`.
+    pub fn freeze(&self, frozen: bool) -> Result<(), Error> {
+        let (state, what) = if frozen {
+            (FreezerState::Frozen, "cannot pause the container")
+        } else {
+            (FreezerState::Thawed, "cannot resume the container")
+        };
+        self.cgroup()?
+            .freeze(state)
+            .map_err(|e| Error::runtime(what, e))
     }
 
     /// Calls `on_oom` whenever the kernel's OOM killer acts in the container's cgroup.

@@ -1,4 +1,5 @@
-//! The one state machine of a task: created → running → stopped → deleted.
+//! The one state machine of a task: created → running (⇄ paused) → stopped
+//! → deleted.
 //!
 //! Every Task API call that changes a task goes through [`Phase::apply`];
 //! a call that does not fit the task's phase gets an error that says what the
@@ -18,6 +19,8 @@ pub enum Phase {
     Created,
     /// The guest is running.
     Running,
+    /// Its processes are frozen (Pause), until Resume.
+    Paused,
     /// The guest ended with `code` at `at`.
     Stopped { code: u32, at: SystemTime },
     /// Its resources are gone; only the exit status is kept for the reply.
@@ -28,6 +31,8 @@ pub enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     Start,
+    Pause,
+    Resume,
     Exit { code: u32, at: SystemTime },
     Delete,
 }
@@ -45,17 +50,26 @@ impl Phase {
         use Transition::*;
         match (self, transition) {
             (Created, Start) => Ok(Running),
-            // A created task can be killed before it starts.
-            (Created | Running, Exit { code, at }) => Ok(Stopped { code, at }),
+            (Running, Pause) => Ok(Paused),
+            (Paused, Resume) => Ok(Running),
+            // A created task can be killed before it starts, a paused one
+            // while it is frozen.
+            (Created | Running | Paused, Exit { code, at }) => Ok(Stopped { code, at }),
             (Stopped { code, at }, Delete) => Ok(Deleted { code, at }),
             // Deleting a task that never ran kills it (as runc does); its status is SIGKILL's.
             (Created, Delete) => Ok(Deleted {
                 code: KILLED_EXIT_STATUS,
                 at: SystemTime::now(),
             }),
+            (Created | Running, Resume) => Err(InvalidTransition {
+                action: "resume",
+                state: "is not paused",
+            }),
             (state, transition) => Err(InvalidTransition {
                 action: match transition {
                     Start => "start",
+                    Pause => "pause",
+                    Resume => "resume",
                     Exit { .. } => "record an exit",
                     Delete => "delete",
                 },
@@ -68,6 +82,7 @@ impl Phase {
         match self {
             Phase::Created => "is created and not started",
             Phase::Running => "is running (kill it first)",
+            Phase::Paused => "is paused (resume or kill it first)",
             Phase::Stopped { .. } => "has already exited",
             Phase::Deleted { .. } => "is deleted",
         }
@@ -77,7 +92,7 @@ impl Phase {
     pub fn exit(&self) -> Option<(u32, SystemTime)> {
         match *self {
             Phase::Stopped { code, at } | Phase::Deleted { code, at } => Some((code, at)),
-            Phase::Created | Phase::Running => None,
+            Phase::Created | Phase::Running | Phase::Paused => None,
         }
     }
 }
@@ -133,6 +148,30 @@ mod tests {
         assert_eq!(
             deleted.apply(Delete).unwrap_err().to_string(),
             "cannot delete: the task is deleted"
+        );
+    }
+
+    #[test]
+    fn a_running_task_pauses_and_resumes_and_a_paused_one_can_exit() {
+        let paused = Running.apply(Pause).unwrap();
+        assert_eq!(paused, Paused);
+        assert_eq!(paused.apply(Resume).unwrap(), Running);
+        assert_eq!(paused.apply(exit(137)).unwrap().exit().unwrap().0, 137);
+        assert_eq!(
+            paused.apply(Delete).unwrap_err().to_string(),
+            "cannot delete: the task is paused (resume or kill it first)"
+        );
+        assert_eq!(
+            paused.apply(Pause).unwrap_err().to_string(),
+            "cannot pause: the task is paused (resume or kill it first)"
+        );
+        assert_eq!(
+            Created.apply(Pause).unwrap_err().to_string(),
+            "cannot pause: the task is created and not started"
+        );
+        assert_eq!(
+            Running.apply(Resume).unwrap_err().to_string(),
+            "cannot resume: the task is not paused"
         );
     }
 }

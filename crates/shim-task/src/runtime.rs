@@ -45,6 +45,8 @@ pub trait Container: Send + Sync + 'static {
     fn signal(&self, pid: i32, signal: i32) -> Result<(), Error>;
     /// Signals every process in its cgroup.
     fn signal_all(&self, signal: i32) -> Result<(), Error>;
+    /// Freezes (Pause) or thaws (Resume) every process in its cgroup.
+    fn freeze(&self, frozen: bool) -> Result<(), Error>;
     fn pids(&self) -> Result<Vec<i32>, Error>;
     fn stats(&self) -> Result<Stats, Error>;
     /// Calls `on_oom` whenever the kernel's OOM killer acts in its cgroup.
@@ -108,6 +110,10 @@ impl Container for LinuxContainer {
 
     fn signal_all(&self, signal: i32) -> Result<(), Error> {
         LinuxContainer::kill(self, signal, true)
+    }
+
+    fn freeze(&self, frozen: bool) -> Result<(), Error> {
+        LinuxContainer::freeze(self, frozen)
     }
 
     fn pids(&self) -> Result<Vec<i32>, Error> {

@@ -5,10 +5,12 @@
 //!   mounts, entrypoints, exit codes and traps, components, stdin;
 //! - `node`: what the node does around guests: clear errors for bad
 //!   entrypoints, many containers at once or in one pod, the OOM killer,
-//!   the code cache, images of platform wasi/wasm.
+//!   the code cache, images of platform wasi/wasm;
+//! - `task`: task verbs beyond run and kill (pause, resume).
 
 mod guest;
 mod node;
+mod task;
 
 use shim_tests::Containerd;
 

@@ -54,6 +54,7 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
                         action: "exec",
                         state: match phase {
                             Phase::Created => "is created and not started",
+                            Phase::Paused => "is paused (resume it first)",
                             _ => "has exited: there is nothing to exec into",
                         },
                     },

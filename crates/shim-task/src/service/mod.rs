@@ -34,7 +34,7 @@ use containerd_shim::api::{
     WaitRequest, WaitResponse,
 };
 use containerd_shim::monitor::{Subject, Topic};
-use containerd_shim::protos::events::task::TaskStart;
+use containerd_shim::protos::events::task::{TaskPaused, TaskResumed, TaskStart};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -136,7 +136,14 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
     fn process_state(&self, req: &StateRequest) -> Result<StateResponse, TaskError> {
         let task = self.tasks.get(&req.id)?;
         let process = task.process(&req.exec_id)?;
-        let phase = *process.phase();
+        let mut phase = *process.phase();
+        // An exec of a paused container is frozen with it.
+        if phase == Phase::Running
+            && process.exec_id().is_some()
+            && *task.init.phase() == Phase::Paused
+        {
+            phase = Phase::Paused;
+        }
         let mut response = StateResponse {
             id: process.id().to_string(),
             exec_id: req.exec_id.clone(),
@@ -150,6 +157,7 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         response.set_status(match phase {
             Phase::Created => Status::CREATED,
             Phase::Running => Status::RUNNING,
+            Phase::Paused => Status::PAUSED,
             Phase::Stopped { .. } | Phase::Deleted { .. } => Status::STOPPED,
         });
         if let Some((code, at)) = phase.exit() {
@@ -168,8 +176,9 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         };
         // Held while signalling: the exit cannot be recorded in between.
         let phase = process.phase();
+        let paused = *phase == Phase::Paused;
         match *phase {
-            Phase::Running => {}
+            Phase::Running | Phase::Paused => {}
             // A created task's process exists and may be killed; a created
             // exec's does not yet.
             Phase::Created if process.exec_id().is_none() => {}
@@ -189,13 +198,62 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
             }
         }
         let signal = req.signal as i32;
-        if req.all && process.exec_id().is_none() {
+        let sent = if req.all && process.exec_id().is_none() {
             task.container.signal_all(signal).map_err(error)
         } else {
             task.container
                 .signal(process.pid() as i32, signal)
                 .map_err(error)
+        };
+        if paused {
+            // On cgroup v1 a frozen process dies of SIGKILL only once
+            // thawed; signalling every process thaws the cgroup (it is
+            // frozen meanwhile so nothing forks past the signal): frozen again.
+            let frozen = match (signal == libc::SIGKILL, req.all) {
+                (true, _) => Some(false),
+                (false, true) => Some(true),
+                (false, false) => None,
+            };
+            if let Some(Err(e)) = frozen.map(|frozen| task.container.freeze(frozen)) {
+                log::warn!("container {}: {e}", task.id);
+            }
         }
+        sent
+    }
+
+    /// Pause (`frozen`) or Resume: every process of the task frozen or
+    /// thawed, its phase Paused or Running again, and the event containerd
+    /// expects, as runc's shim publishes it.
+    fn freeze_task(&self, id: &str, frozen: bool) -> Result<(), TaskError> {
+        let task = self.tasks.get(id)?;
+        let transition = if frozen {
+            Transition::Pause
+        } else {
+            Transition::Resume
+        };
+        task.init.transition(transition, || {
+            task.container
+                .freeze(frozen)
+                .map_err(|source| TaskError::Container {
+                    id: task.id.clone(),
+                    source,
+                })
+        })?;
+        let container_id = task.id.clone();
+        if frozen {
+            log::info!("container {id}: paused");
+            self.publish(TaskPaused {
+                container_id,
+                ..Default::default()
+            });
+        } else {
+            log::info!("container {id}: resumed");
+            self.publish(TaskResumed {
+                container_id,
+                ..Default::default()
+            });
+        }
+        Ok(())
     }
 
     fn delete_process(&self, req: &DeleteRequest) -> Result<DeleteResponse, TaskError> {
@@ -361,15 +419,14 @@ impl<R: Runtime, E: EventSink> Task for TaskService<R, E> {
         Ok(Empty::new())
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unsupported { operation: "pause" }.into())
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        self.freeze_task(&req.id, true)?;
+        Ok(Empty::new())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unsupported {
-            operation: "resume",
-        }
-        .into())
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        self.freeze_task(&req.id, false)?;
+        Ok(Empty::new())
     }
 
     fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {

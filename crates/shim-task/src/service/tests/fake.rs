@@ -23,6 +23,8 @@ pub(super) struct World {
     pub(super) next_pid: AtomicI32,
     /// `(pid, signal)`; pid 0 for "every process".
     pub(super) signals: Mutex<Vec<(i32, i32)>>,
+    /// Freezes (`true`) and thaws (`false`), in order.
+    pub(super) freezes: Mutex<Vec<bool>>,
     pub(super) deleted: Mutex<Vec<String>>,
     /// Runs inside `create` / `exec` with the new pid, before it returns.
     pub(super) during_create: Mutex<Option<Hook>>,
@@ -115,6 +117,10 @@ impl Container for FakeContainer {
     }
     fn signal_all(&self, signal: i32) -> Result<(), Error> {
         self.signal(0, signal)
+    }
+    fn freeze(&self, frozen: bool) -> Result<(), Error> {
+        self.world.freezes.lock().unwrap().push(frozen);
+        Ok(())
     }
     fn pids(&self) -> Result<Vec<i32>, Error> {
         Ok(vec![self.pid])

@@ -457,3 +457,40 @@ fn a_terminal_comes_from_the_container_and_its_output_precedes_the_exit() {
     );
     assert_eq!(s.state("c1", ""), (Status::STOPPED, 0));
 }
+
+#[test]
+fn a_running_task_pauses_and_resumes_with_its_events() {
+    let s = setup();
+    let pid = s.create("c1").unwrap();
+    let refused = s.service.freeze_task("c1", true).unwrap_err();
+    assert!(
+        refused.to_string().contains("is created and not started"),
+        "{refused}"
+    );
+    s.start("c1", "").unwrap();
+    s.exec("c1", "e1", &["/tool.wasm"]).unwrap();
+    s.start("c1", "e1").unwrap();
+    s.service.freeze_task("c1", true).unwrap();
+    assert_eq!(s.state("c1", ""), (Status::PAUSED, 0));
+    assert_eq!(s.state("c1", "e1"), (Status::PAUSED, 0), "frozen with it");
+    let refused = s.exec("c1", "e2", &["/tool.wasm"]).unwrap_err();
+    assert!(refused.to_string().contains("is paused"), "{refused}");
+    let refused = s.delete("c1", "").unwrap_err();
+    assert!(refused.to_string().contains("resume or kill"), "{refused}");
+    s.service.freeze_task("c1", false).unwrap();
+    assert_eq!(s.state("c1", ""), (Status::RUNNING, 0));
+    let refused = s.service.freeze_task("c1", false).unwrap_err();
+    assert!(refused.to_string().contains("is not paused"), "{refused}");
+    assert_eq!(*s.world.freezes.lock().unwrap(), [true, false]);
+    let topics = s.events.topics();
+    let paused = topics.iter().position(|t| t == "/tasks/paused");
+    let resumed = topics.iter().position(|t| t == "/tasks/resumed");
+    assert!(paused.is_some() && paused < resumed, "{topics:?}");
+    // Killed while paused: SIGKILL thaws it (cgroup v1 holds a frozen
+    // process's death until then), and its exit ends the pause.
+    s.service.freeze_task("c1", true).unwrap();
+    s.kill("c1", "", false).unwrap();
+    assert_eq!(*s.world.freezes.lock().unwrap(), [true, false, true, false]);
+    s.exited(pid, 137);
+    assert_eq!(s.state("c1", ""), (Status::STOPPED, 137));
+}

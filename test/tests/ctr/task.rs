@@ -1,0 +1,89 @@
+//! Task verbs beyond run and kill: `ctr task pause` and `ctr task resume`.
+
+use std::time::{Duration, Instant};
+
+use shim_tests::cgroups::Cgroup;
+use shim_tests::environment::slowness;
+use shim_tests::images::WASM_TEST;
+use shim_tests::unique_id;
+
+use super::containerd;
+
+/// Whether the cgroup is frozen: v1's `freezer.state`, else v2's
+/// `cgroup.freeze`.
+fn frozen(cgroup: &Cgroup) -> Option<bool> {
+    match cgroup.read("freezer", "freezer.state") {
+        Some(state) => Some(state.trim() == "FROZEN"),
+        None => Some(cgroup.read("freezer", "cgroup.freeze")?.trim() == "1"),
+    }
+}
+
+#[test]
+fn pause_freezes_a_spinning_guest_resume_lets_it_go_on_and_kill_ends_it_paused() {
+    let c = containerd();
+    let mut events = c
+        .ctr_command(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    let id = unique_id("pause");
+    c.run_detached(&id, WASM_TEST, &["/wasitest.wasm", "loop"]);
+    let pid = c.task_pid(&id).expect("the task runs");
+    let cgroup = Cgroup::of_process(pid);
+    let cpu = || cgroup.cpu_time().expect("the container's CPU time");
+    let status = || {
+        let tasks = c.ctr(&["task", "ls"]).stdout;
+        let line = tasks
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .unwrap_or_default();
+        line.split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let spent_over = |d: Duration| {
+        let before = cpu();
+        std::thread::sleep(d);
+        cpu() - before
+    };
+    let window = Duration::from_millis(300);
+
+    assert!(spent_over(window) > 0, "the guest spins");
+    assert_eq!(frozen(&cgroup), Some(false));
+    let out = c.ctr(&["task", "pause", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(status(), "PAUSED");
+    assert_eq!(frozen(&cgroup), Some(true));
+    assert_eq!(spent_over(window), 0, "a frozen guest gets no CPU time");
+
+    let out = c.ctr(&["task", "resume", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(status(), "RUNNING");
+    assert_eq!(frozen(&cgroup), Some(false));
+    assert!(spent_over(window) > 0, "the guest spins again");
+
+    // Paused, then SIGKILLed (kubelet never pauses; `ctr task kill` may):
+    // the task ends, and is deleted like any other.
+    assert_eq!(c.ctr(&["task", "pause", &id]).code, 0);
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5) * slowness();
+    while status() != "STOPPED" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status(), "STOPPED", "a paused task dies of SIGKILL");
+    c.remove(&id);
+
+    let _ = events.kill();
+    let events = events.wait_with_output().expect("events output");
+    let events = String::from_utf8_lossy(&events.stdout);
+    for topic in ["/tasks/paused", "/tasks/resumed"] {
+        assert!(
+            events.lines().any(|l| l.contains(topic) && l.contains(&id)),
+            "{topic} for {id} in:\n{events}"
+        );
+    }
+    c.assert_clean(&[&id]);
+}
