@@ -23,6 +23,7 @@ pub mod cri;
 pub mod critest;
 mod daemon;
 pub mod environment;
+pub mod events;
 pub mod harness;
 pub mod images;
 pub mod leaks;

@@ -3,6 +3,7 @@
 //! through one pod's shim, the OOM killer and its event, the node's code
 //! cache, and an image of platform wasi/wasm.
 
+use shim_tests::events::Events;
 use shim_tests::images::{HELLO_WASI, WASM_TEST};
 use shim_tests::{unique_id, Containerd};
 
@@ -110,12 +111,7 @@ fn tasks_of_one_pod_come_and_go_through_its_running_shim() {
 #[test]
 fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
     let c = containerd();
-    let mut events = c
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ctr events");
+    let events = Events::watch(&c);
     let id = unique_id("oom");
     // 64 MiB limit, 300 MiB allocated and touched.
     let limit = (64u64 << 20).to_string();
@@ -126,17 +122,14 @@ fn a_guest_past_its_memory_limit_is_oom_killed_and_reported() {
         &["/wasitest.wasm", "alloc", "300"],
     );
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let _ = events.kill();
-    let events = events.wait_with_output().expect("events output");
-    let events = String::from_utf8_lossy(&events.stdout);
     assert_eq!(out.code, 137, "killed, not finished: {out:?}");
     assert!(!out.stdout.contains("allocated 300"), "{out:?}");
     assert!(
-        events
-            .lines()
-            .any(|l| l.contains("/tasks/oom") && l.contains(&id)),
-        "TaskOOM for {id} in:\n{events}"
+        events.has("/tasks/oom", &id),
+        "TaskOOM for {id} in:\n{}",
+        events.text()
     );
+    drop(events);
     c.assert_clean(&[&id]);
 
     // Within the limit the same guest finishes.

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use shim_tests::cgroups::Cgroup;
 use shim_tests::environment::slowness;
+use shim_tests::events::Events;
 use shim_tests::images::WASM_TEST;
 use shim_tests::unique_id;
 
@@ -21,12 +22,7 @@ fn frozen(cgroup: &Cgroup) -> Option<bool> {
 #[test]
 fn pause_freezes_a_spinning_guest_resume_lets_it_go_on_and_kill_ends_it_paused() {
     let c = containerd();
-    let mut events = c
-        .ctr_command(&["events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ctr events");
+    let events = Events::watch(&c);
     let id = unique_id("pause");
     c.run_detached(&id, WASM_TEST, &["/wasitest.wasm", "loop"]);
     let pid = c.task_pid(&id).expect("the task runs");
@@ -76,14 +72,13 @@ fn pause_freezes_a_spinning_guest_resume_lets_it_go_on_and_kill_ends_it_paused()
     assert_eq!(status(), "STOPPED", "a paused task dies of SIGKILL");
     c.remove(&id);
 
-    let _ = events.kill();
-    let events = events.wait_with_output().expect("events output");
-    let events = String::from_utf8_lossy(&events.stdout);
     for topic in ["/tasks/paused", "/tasks/resumed"] {
         assert!(
-            events.lines().any(|l| l.contains(topic) && l.contains(&id)),
-            "{topic} for {id} in:\n{events}"
+            events.has(topic, &id),
+            "{topic} for {id} in:\n{}",
+            events.text()
         );
     }
+    drop(events);
     c.assert_clean(&[&id]);
 }

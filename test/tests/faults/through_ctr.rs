@@ -255,25 +255,18 @@ fn kill_ctr_pod(c: &Containerd, runtime: &str, ids: &mut Vec<String>) -> Vec<u32
         .map(|(pid, _)| pid)
         .collect();
     assert_eq!(shim.len(), 1, "{runtime}: one shim for the pod");
-    let events_file = c.dir().join(format!("events-{}", shim[0]));
-    let mut events = c
-        .ctr_command(&["events"])
-        .stdout(std::fs::File::create(&events_file).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ctr events");
+    let events = shim_tests::events::Events::watch(c);
     std::thread::sleep(Duration::from_millis(300));
     sigkill(shim[0]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let statuses = loop {
-        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        let text = events.text();
         let statuses: Option<Vec<u32>> = tasks.iter().map(|id| exit_event(&text, id)).collect();
         if let Some(statuses) = statuses {
             break statuses;
         }
         if Instant::now() > deadline {
-            let _ = events.kill();
-            let _ = events.wait();
+            drop(events);
             panic!(
                 "{runtime}: no exit event for every task:\n{text}\n{}",
                 c.log()
@@ -281,8 +274,7 @@ fn kill_ctr_pod(c: &Containerd, runtime: &str, ids: &mut Vec<String>) -> Vec<u32
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = events.kill();
-    let _ = events.wait();
+    drop(events);
     // containerd ran `shim delete` for each bundle: nothing is left of them
     // but ctr's stdio fifos (which only `ctr task rm` would remove, for runc
     // as for this shim).
