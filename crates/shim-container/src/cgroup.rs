@@ -36,13 +36,18 @@ pub const ROOT: &str = "/sys/fs/cgroup";
 /// containers created at once under a new parent failed with `failed to
 /// create dir /sys/fs/cgroup/default: File exists` (seen in the cgroup v2
 /// guest); with the parents made, it only enables their controllers. A
-/// systemd-driver path (`slice:prefix:name`) and cgroup v1 are left alone.
+/// systemd-driver path (`slice:prefix:name`), one with `..` and cgroup v1
+/// are left alone.
 pub fn create_parents(cgroups_path: &str) -> std::io::Result<()> {
     create_parents_in(Path::new(ROOT), cgroups_path)
 }
 
 fn create_parents_in(root: &Path, cgroups_path: &str) -> std::io::Result<()> {
-    if cgroups_path.contains(':') || !root.join("cgroup.controllers").exists() {
+    // A path that climbs out of the tree is libcgroups' to refuse.
+    let climbs = Path::new(cgroups_path)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if climbs || cgroups_path.contains(':') || !root.join("cgroup.controllers").exists() {
         return Ok(());
     }
     let dir = root.join(cgroups_path.trim_start_matches('/'));
@@ -210,6 +215,11 @@ mod tests {
         assert!(
             !root.join("default/c1").exists(),
             "the cgroup is libcgroups' to make"
+        );
+        super::create_parents_in(root, "/default/../../escape/c5").unwrap();
+        assert!(
+            !root.parent().unwrap().join("escape").exists(),
+            "nothing outside the tree"
         );
         super::create_parents_in(root, "system.slice:cri-containerd:c4").unwrap();
         assert!(
