@@ -152,10 +152,10 @@ impl LinuxContainer {
     /// Sends `signal` to the guest, or to every process in its cgroup with `all`.
     pub fn kill(&self, signal: i32, all: bool) -> Result<(), Error> {
         let signal = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
-        if signal == Signal::SIGKILL {
-            self.sigkill_sent.store(true, Ordering::SeqCst);
-        }
         if all {
+            if signal == Signal::SIGKILL {
+                self.sigkill_sent.store(true, Ordering::SeqCst);
+            }
             if let Some(manager) = self.v2_cgroup()? {
                 // systemd removes a scope's cgroup with its last process.
                 if self.cgroup_gone() {

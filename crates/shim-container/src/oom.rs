@@ -116,10 +116,9 @@ pub fn watch(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<Arc<Watch
     let seen = oom_kills(&counter).unwrap_or(0);
     let parent = dir
         .parent()
-        .map(|p| p.join("memory.events"))
         .filter(|_| unified)
-        .and_then(|file| Some((oom_kills(&file)?, file)))
-        .map(|(count, file)| (file, count));
+        .map(|p| p.join("memory.events"))
+        .and_then(|file| oom_kills(&file).map(|count| (file, count)));
     let watch = Arc::new(Watch {
         counter,
         initial: seen,

@@ -157,21 +157,25 @@ mod tests {
         assert_eq!(paused, Paused);
         assert_eq!(paused.apply(Resume).unwrap(), Running);
         assert_eq!(paused.apply(exit(137)).unwrap().exit().unwrap().0, 137);
-        assert_eq!(
-            paused.apply(Delete).unwrap_err().to_string(),
-            "cannot delete: the task is paused (resume or kill it first)"
-        );
-        assert_eq!(
-            paused.apply(Pause).unwrap_err().to_string(),
-            "cannot pause: the task is paused (resume or kill it first)"
-        );
-        assert_eq!(
-            Created.apply(Pause).unwrap_err().to_string(),
-            "cannot pause: the task is created and not started"
-        );
-        assert_eq!(
-            Running.apply(Resume).unwrap_err().to_string(),
-            "cannot resume: the task is not paused"
-        );
+        for (phase, transition, error) in [
+            (
+                paused,
+                Delete,
+                "cannot delete: the task is paused (resume or kill it first)",
+            ),
+            (
+                paused,
+                Pause,
+                "cannot pause: the task is paused (resume or kill it first)",
+            ),
+            (
+                Created,
+                Pause,
+                "cannot pause: the task is created and not started",
+            ),
+            (Running, Resume, "cannot resume: the task is not paused"),
+        ] {
+            assert_eq!(phase.apply(transition).unwrap_err().to_string(), error);
+        }
     }
 }
