@@ -319,10 +319,10 @@ test: deps unit-test manifest-test fuzz
 # current nodes), and on the other pairs the ctr and CRI suites (with exec
 # and capabilities on 2.1 with cgroupfs). test-v2-full runs every suite on
 # every pair.
-V2_SUITES := leak_checks,ctr,cri,exec,capabilities,churn
+V2_SUITES := leak_checks,ctr,cri,resize,exec,capabilities,churn
 V2_CHURN := CHURN_COUNT=20 CHURN_PODS=10
 V2_CI := 2.1:systemd machine:systemd:leak_checks,ctr,cri machine:cgroupfs:leak_checks,ctr,cri \
-	2.1:cgroupfs:leak_checks,cri,exec,capabilities
+	2.1:cgroupfs:leak_checks,cri,resize,exec,capabilities
 V2_FULL := machine:cgroupfs machine:systemd 2.1:cgroupfs 2.1:systemd
 
 test-v2: build images installer-debs vm-deps

@@ -134,6 +134,27 @@ static int grow(int mb) {
     return 0;
 }
 
+// Grows linear memory 1 MiB at a time up to `mb` MiB in all, without touching
+// it; while a grow fails it says once "stuck at N MiB" and tries again every
+// 50 ms (a resize may raise the limit); at the target it says "reached N MiB"
+// and keeps the memory, sleeping, until killed.
+static int grow_to(int mb) {
+    size_t stuck = 0;
+    while (__builtin_wasm_memory_size(0) / 16 < (size_t)mb) {
+        if (__builtin_wasm_memory_grow(0, 16) != (size_t)-1) continue;
+        size_t now = __builtin_wasm_memory_size(0) / 16;
+        if (now != stuck) {
+            printf("stuck at %zu MiB\n", now);
+            fflush(stdout);
+            stuck = now;
+        }
+        usleep(50000);
+    }
+    printf("reached %zu MiB\n", __builtin_wasm_memory_size(0) / 16);
+    fflush(stdout);
+    for (;;) sleep(1);
+}
+
 static int report(const char *what, int rc, const char *a, const char *b) {
     if (rc != 0) {
         printf("error: %s %s %s: %s\n", what, a, b, strerror(errno));
@@ -211,6 +232,7 @@ static int run(int argc, char **argv) {
     if (!strcmp(cmd, "flood") && argc > 2) return flood(atoll(argv[2]));
     if (!strcmp(cmd, "openmany") && argc > 3) return openmany(atoi(argv[2]), argv[3]);
     if (!strcmp(cmd, "grow") && argc > 2) return grow(atoi(argv[2]));
+    if (!strcmp(cmd, "growto") && argc > 2) return grow_to(atoi(argv[2]));
     if (!strcmp(cmd, "link") && argc > 3) return report("link", link(argv[2], argv[3]), argv[2], argv[3]);
     if (!strcmp(cmd, "symlink") && argc > 3)
         return report("symlink", symlink(argv[2], argv[3]), argv[2], argv[3]);

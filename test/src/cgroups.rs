@@ -130,6 +130,18 @@ impl Cgroup {
         Some((quota, words.next()?.parse().ok()?))
     }
 
+    /// The memory limit in bytes: v1's `memory.limit_in_bytes`, else v2's
+    /// `memory.max`; `None` for none ("max", or v1's page-rounded maximum).
+    pub fn memory_max(&self) -> Option<u64> {
+        let text = self
+            .read("memory", "memory.limit_in_bytes")
+            .or_else(|| self.read("memory", "memory.max"))?;
+        text.trim()
+            .parse()
+            .ok()
+            .filter(|&bytes: &u64| bytes < 1 << 62)
+    }
+
     /// The PIDs in the cgroup: `cgroup.procs` of the pids hierarchy and of
     /// the v2 tree (a PID in both is listed twice).
     pub fn pids(&self) -> Vec<i32> {

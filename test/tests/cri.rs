@@ -108,6 +108,14 @@ fn a_wasm_container_and_a_native_sidecar_share_a_pod_and_a_shim() {
         .map(|v| v.value)
         .unwrap_or(0);
     assert!(memory > 0, "memory working set: {stats:?}");
+    // RSS and page faults, as CRI reads them from the task's metrics
+    // (v1: total_rss, total_pgfault; v2: anon, pgfault).
+    let value = |v: &Option<k8s_cri::v1::UInt64Value>| v.as_ref().map_or(0, |v| v.value);
+    let usage = stats.memory.as_ref().expect("memory stats");
+    assert!(
+        value(&usage.rss_bytes) > 0 && value(&usage.page_faults) > 0,
+        "RSS and page faults: {stats:?}"
+    );
     let cpu = stats
         .cpu
         .as_ref()

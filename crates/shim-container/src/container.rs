@@ -7,11 +7,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libcgroups::common::{
     create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager,
-    CgroupSetup, FreezerState,
+    CgroupSetup, ControllerOpt, FreezerState,
 };
 use libcgroups::v2;
 use libcontainer::config::YoukiConfig;
@@ -19,9 +19,11 @@ use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::notify_socket::NOTIFY_FILE;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+use shim_engine::MemoryBudget;
 
 use crate::request::{CreateRequest, ExecProcess, ExecRequest, Request};
-use crate::state::{cleanup, state_root};
+use crate::state::{budget_file, cleanup, state_root};
 use crate::{cgroup, oom, spawn, Error, Stats};
 
 /// A created Linux container whose init process will run a wasm guest.
@@ -42,6 +44,12 @@ pub struct LinuxContainer {
     /// Whether containerd had the shim send its init a SIGKILL: one it dies
     /// of otherwise came from the kernel (or from outside containerd).
     sigkill_sent: Arc<AtomicBool>,
+    /// The memory budget its guests' linear memories draw on, shared with
+    /// its processes (`shim_engine::budget`); `None` if it could not be
+    /// mapped.
+    memory: Option<MemoryBudget>,
+    /// Held while resources change: one update at a time.
+    updating: Arc<Mutex<()>>,
 }
 
 impl LinuxContainer {
@@ -61,6 +69,15 @@ impl LinuxContainer {
             systemd: unified && request.systemd_cgroup,
             oom: Arc::default(),
             sigkill_sent: Arc::default(),
+            memory: MemoryBudget::open(&budget_file(&request.bundle, &request.id))
+                .inspect_err(|e| {
+                    log::warn!(
+                        "container {}: cannot map its memory budget: {e}",
+                        request.id
+                    )
+                })
+                .ok(),
+            updating: Arc::default(),
         })
     }
 
@@ -228,6 +245,71 @@ impl LinuxContainer {
             .map_err(|e| Error::runtime(what, e))
     }
 
+    /// Changes the container's resources (containerd's Update, which CRI's
+    /// UpdateContainerResources, an in-place pod resize, calls with the
+    /// container's whole `linux.resources`): its cgroup's limits, whichever
+    /// driver made it, and the memory limit of its guests' linear memories.
+    /// A memory limit below what those hold is refused, and nothing changes.
+    /// Devices are left as they are, as `runc update` leaves them.
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), Error> {
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let mut resources = resources.clone();
+        resources.set_devices(None);
+        // `None`: unchanged; `Some(None)`: no limit (a negative one).
+        let memory = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.limit())
+            .map(|limit| u64::try_from(limit).ok());
+        let budget = self.memory.as_ref();
+        let before = budget.map(MemoryBudget::limit);
+        let lowered = match (memory, before) {
+            (Some(new), Some(old)) => new.unwrap_or(u64::MAX) < old.unwrap_or(u64::MAX),
+            _ => false,
+        };
+        // Lowered: the guests first, which may refuse; raised: the cgroup
+        // first, so no guest grows past the limit the kernel still has.
+        if let (true, Some(budget), Some(Some(limit))) = (lowered, budget, memory) {
+            budget.set_limit(Some(limit)).map_err(|held| {
+                Error::Resources(format!(
+                    "cannot lower the memory limit to {}: its wasm guests hold {} of                      linear memory",
+                    mib(limit),
+                    mib(held.held)
+                ))
+            })?;
+        }
+        let applied = self.cgroup().and_then(|cgroup| {
+            cgroup
+                .apply(&ControllerOpt {
+                    resources: &resources,
+                    disable_oom_killer: false,
+                    oom_score_adj: None,
+                    freezer_state: None,
+                })
+                .map_err(|e| Error::runtime("cannot update the container's cgroup", e))
+        });
+        match (applied, budget, memory) {
+            (Err(e), Some(budget), _) => {
+                if lowered {
+                    let _ = budget.set_limit(before.flatten());
+                }
+                Err(e)
+            }
+            (Err(e), None, _) => Err(e),
+            (Ok(()), Some(budget), Some(limit)) if !lowered => {
+                // Raising never fails.
+                let _ = budget.set_limit(limit);
+                Ok(())
+            }
+            (Ok(()), _, _) => Ok(()),
+        }
+    }
+
+    /// The container's memory budget: its limit and what its guests hold.
+    pub fn memory_budget(&self) -> Option<&MemoryBudget> {
+        self.memory.as_ref()
+    }
+
     /// Calls `on_oom` whenever the kernel's OOM killer acts in the container's cgroup.
     pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<(), Error> {
         let dir = self.memory_cgroup.as_ref().ok_or_else(|| {
@@ -300,6 +382,11 @@ impl LinuxContainer {
             other => other,
         })
     }
+}
+
+/// Bytes as MiB, to one decimal, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// `signal` to every process in the cgroup, frozen meanwhile so none forks

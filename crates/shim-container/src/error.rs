@@ -11,6 +11,10 @@ pub enum Error {
     Rootfs(String),
     #[error("the container's process has already exited")]
     NotRunning,
+    /// New resources the container cannot take (a memory limit below what
+    /// its guests hold).
+    #[error("{0}")]
+    Resources(String),
     #[error("invalid signal {0}")]
     Signal(i32),
     #[error("{what}: {reason}")]

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
-use shim_engine::{Engine, Invocation, Outcome, Preopen, Program};
+use shim_engine::{Engine, Invocation, MemoryBudget, Outcome, Preopen, Program};
 use shim_image::{
     annotation, deadline, filesystem_grants, grant_for, memory_limit, narrowed_grants,
     network_policy, WasmProcess, PREOPENS_ANNOTATION,
@@ -92,9 +92,10 @@ pub struct WasmExecutor {
     pub layer: Option<Arc<(Mutex<Option<std::fs::File>>, LayerFile)>>,
     /// The seccomp filter and capabilities, applied in `validate`.
     pub confinement: Confinement,
-    /// The cap on the guest's linear memories when the spec has none of its
-    /// own (an exec's spec: the container's limit).
-    pub memory_limit: Option<u64>,
+    /// The container's memory budget, shared with the shim (which resizes
+    /// it) and the container's other processes; without one, a budget of
+    /// the spec's limit, for this process alone.
+    pub memory: Option<MemoryBudget>,
     /// Set for an exec's process (libcontainer's tenant).
     pub exec: Option<ExecKind>,
 }
@@ -256,7 +257,10 @@ impl WasmExecutor {
             args: process.args,
             env: process.env,
             preopens,
-            memory_limit: memory_limit(spec).or(self.memory_limit),
+            memory: self
+                .memory
+                .clone()
+                .unwrap_or_else(|| MemoryBudget::new(memory_limit(spec))),
             deadline: deadline(spec).map_err(|e| e.to_string())?,
             network: network_policy(spec).map_err(|e| e.to_string())?,
         };

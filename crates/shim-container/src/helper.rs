@@ -33,8 +33,9 @@ use crate::request::{
     sha256_digest, CreateRequest, CreateResponse, ExecRequest, LayerFile, Outputs, Request,
 };
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
-use crate::state::{cleanup_state, staged_bundle, state_root};
+use crate::state::{budget_file, cleanup_state, staged_bundle, state_root};
 use crate::stdio::stdio;
+use shim_engine::MemoryBudget;
 
 /// The first argument that turns the shim binary into the create helper.
 pub const HELPER_ARG: &str = "container-helper";
@@ -286,9 +287,15 @@ fn build_exec(
     let mut confinement = Confinement::take_from_process(&mut process);
     confinement.seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let mut executor = executor(None, code, confinement)?;
-    // The tenant's spec keeps no `linux.resources`: the container's memory
-    // limit caps the exec's linear memories as it caps the container's.
-    executor.memory_limit = shim_image::memory_limit(spec);
+    // The exec's linear memories count against the container's memory
+    // limit with the container's own (the tenant's spec keeps no
+    // `linux.resources`).
+    executor.memory = Some(
+        MemoryBudget::open(&budget_file(&request.bundle, &request.id)).unwrap_or_else(|e| {
+            log::warn!("{shown}: no memory budget file ({e}); the limit at create applies");
+            MemoryBudget::new(shim_image::memory_limit(spec))
+        }),
+    );
     executor.exec = Some(crate::executor::ExecKind {
         native_allowed: request.native_allowed,
     });
@@ -389,7 +396,14 @@ fn build_init(
     let confinement = Confinement::take_from_spec(&mut spec);
     let staged = staged_bundle(&request.bundle, &request.id);
     bundle.stage(&staged, &spec)?;
-    let executor = executor(request.layer.as_ref(), code, confinement)?;
+    let mut executor = executor(request.layer.as_ref(), code, confinement)?;
+    // Mapped here, shared with the container's process, which inherits the
+    // mapping; the shim maps it too, to resize it ([`MemoryBudget`]).
+    let budget = budget_file(&request.bundle, &request.id);
+    executor.memory = Some(
+        MemoryBudget::create(&budget, shim_image::memory_limit(&spec))
+            .map_err(|e| format!("cannot create the memory budget {}: {e}", budget.display()))?,
+    );
     let container = builder(
         &request.id,
         &request.bundle,

@@ -19,6 +19,12 @@ pub(crate) fn staged_bundle(bundle: &Path, id: &str) -> PathBuf {
     state_root(bundle).join(format!(".{id}.bundle"))
 }
 
+/// The container's memory budget, which the shim and the container's
+/// processes map (`shim_engine::budget`).
+pub(crate) fn budget_file(bundle: &Path, id: &str) -> PathBuf {
+    state_root(bundle).join(format!(".{id}.memory"))
+}
+
 /// Kills what is left of container `id`, removes its cgroup and state, and
 /// unmounts its rootfs. Safe to call again, and after a shim crash (the
 /// `delete` action of the shim binary calls it).
@@ -63,6 +69,12 @@ fn try_cleanup_state(bundle: &Path, id: &str) -> Result<(), Error> {
     }
     // The spec libcontainer was given (`Bundle::stage`), once its hooks are done.
     match std::fs::remove_dir_all(staged_bundle(bundle, id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::runtime("cannot remove container state", e))
+        }
+        _ => {}
+    }
+    match std::fs::remove_file(budget_file(bundle, id)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(Error::runtime("cannot remove container state", e))
         }

@@ -13,6 +13,7 @@
 //! `proc_exit(n)` gives `n`, a normal return gives 0, a trap gives
 //! [`TRAP_EXIT_CODE`] (128 + SIGABRT) and any other runtime failure gives 1.
 
+pub mod budget;
 pub mod cache;
 pub mod http;
 pub mod memfd;
@@ -32,6 +33,7 @@ use wasmtime::{Linker, Module};
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub use budget::MemoryBudget;
 pub use cache::{Artifact, Cache, CodeSource, Outcome};
 pub use network::NetworkPolicy;
 pub use node::NodeConfig;

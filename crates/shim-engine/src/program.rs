@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::Store;
+
+use crate::budget::Limiter;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtx};
@@ -131,7 +133,7 @@ impl Program {
             Compiled::Module { pre, export } => {
                 let state = ModuleState {
                     wasi: builder.build_p1(),
-                    limits: invocation.limits(),
+                    limits: invocation.memory.limiter(),
                 };
                 let mut store = Store::new(&self.engine, state);
                 store.limiter(|state| &mut state.limits);
@@ -169,7 +171,7 @@ impl Program {
 /// Host state of a core module's store.
 pub(crate) struct ModuleState {
     pub(crate) wasi: WasiP1Ctx,
-    limits: StoreLimits,
+    limits: Limiter,
 }
 
 /// Host state of a component's store (one per command, one per HTTP request).
@@ -177,7 +179,7 @@ pub(crate) struct ComponentState {
     ctx: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: Limiter,
     /// Outgoing wasi:http under a narrowed network; `None`: wasmtime's own.
     outgoing: Option<network::OutgoingHttp>,
 }
@@ -192,24 +194,13 @@ impl ComponentState {
             ctx,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: invocation.limits(),
+            limits: invocation.memory.limiter(),
             outgoing,
         }
     }
 }
 
 impl Invocation {
-    /// Linear memories may not grow past the container's memory limit: a guest
-    /// that tries gets a failed `memory.grow` (malloc returns NULL) instead of
-    /// pushing the whole process into the kernel's OOM killer.
-    fn limits(&self) -> StoreLimits {
-        let mut limits = StoreLimitsBuilder::new();
-        if let Some(bytes) = self.memory_limit {
-            limits = limits.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
-        limits.build()
-    }
-
     /// Sets the store's epoch deadline: the invocation's deadline from now,
     /// with the process's epoch ticker running; without one, never.
     pub(crate) fn arm<T>(&self, store: &mut Store<T>) {

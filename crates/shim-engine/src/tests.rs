@@ -164,7 +164,7 @@ fn memory_growth_stops_at_the_limit() {
     };
     let engine = engine();
     let limited = Invocation {
-        memory_limit: Some(4 << 20),
+        memory: crate::MemoryBudget::new(Some(4 << 20)),
         ..Invocation::default()
     };
     // 1 + 32 pages = 2 MiB fits in 4 MiB; 1 + 128 pages = 8.06 MiB does not.
@@ -172,6 +172,12 @@ fn memory_growth_stops_at_the_limit() {
     assert_eq!(small.run(&limited).unwrap(), Exit::Code(0));
     let large = engine.prepare("/g.wasm", &wasm(&grow(128)), None).unwrap();
     assert_eq!(large.run(&limited).unwrap(), Exit::Code(1));
+    assert_eq!(
+        limited.memory.held(),
+        0,
+        "a finished run gives back its memory"
+    );
+    assert_eq!(limited.memory.refused(), 1);
     assert_eq!(
         large.run(&Invocation::default()).unwrap(),
         Exit::Code(0),

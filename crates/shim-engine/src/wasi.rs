@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use crate::budget::MemoryBudget;
 use crate::network::NetworkPolicy;
 use crate::Error;
 
@@ -78,8 +79,11 @@ pub struct Invocation {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
-    /// The most bytes one linear memory may grow to (the container's memory limit).
-    pub memory_limit: Option<u64>,
+    /// The container's memory limit on all its linear memories together
+    /// (see [`crate::budget`]): a guest past it gets a failed `memory.grow`
+    /// (malloc returns NULL) instead of pushing the whole process into the
+    /// kernel's OOM killer.
+    pub memory: MemoryBudget,
     /// How long one instance may run (a command; each request of a server).
     pub deadline: Option<std::time::Duration>,
     /// What of the container's network the guest may use.

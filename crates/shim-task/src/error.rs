@@ -48,6 +48,7 @@ impl TaskError {
             TaskError::Container { source, .. } => match source {
                 // containerd reads NOT_FOUND on kill as "process already finished".
                 shim_container::Error::NotRunning => Code::NOT_FOUND,
+                shim_container::Error::Resources(_) => Code::FAILED_PRECONDITION,
                 shim_container::Error::Create(_) | shim_container::Error::Signal(_) => {
                     Code::INVALID_ARGUMENT
                 }

@@ -33,7 +33,12 @@ pub enum Transition {
     Start,
     Pause,
     Resume,
-    Exit { code: u32, at: SystemTime },
+    /// New resources (Update): the phase stays.
+    Update,
+    Exit {
+        code: u32,
+        at: SystemTime,
+    },
     Delete,
 }
 
@@ -52,6 +57,8 @@ impl Phase {
             (Created, Start) => Ok(Running),
             (Running, Pause) => Ok(Paused),
             (Paused, Resume) => Ok(Running),
+            // As runc: a created, running or paused task takes new resources.
+            (phase @ (Created | Running | Paused), Update) => Ok(phase),
             // A created task can be killed before it starts, a paused one
             // while it is frozen.
             (Created | Running | Paused, Exit { code, at }) => Ok(Stopped { code, at }),
@@ -70,6 +77,7 @@ impl Phase {
                     Start => "start",
                     Pause => "pause",
                     Resume => "resume",
+                    Update => "update its resources",
                     Exit { .. } => "record an exit",
                     Delete => "delete",
                 },
@@ -177,5 +185,17 @@ mod tests {
         ] {
             assert_eq!(phase.apply(transition).unwrap_err().to_string(), error);
         }
+    }
+
+    #[test]
+    fn resources_change_until_the_task_exits() {
+        for phase in [Created, Running, Paused] {
+            assert_eq!(phase.apply(Update).unwrap(), phase);
+        }
+        let stopped = Running.apply(exit(0)).unwrap();
+        assert_eq!(
+            stopped.apply(Update).unwrap_err().to_string(),
+            "cannot update its resources: the task has already exited"
+        );
     }
 }

@@ -6,6 +6,8 @@
 
 use std::os::fd::OwnedFd;
 
+use oci_spec::runtime::LinuxResources;
+
 use shim_container::rootfs::RootfsMount;
 use shim_container::{Bundle, CreateRequest, Error, ExecProcess, LayerFile, LinuxContainer, Stats};
 
@@ -47,6 +49,8 @@ pub trait Container: Send + Sync + 'static {
     fn signal_all(&self, signal: i32) -> Result<(), Error>;
     /// Freezes (Pause) or thaws (Resume) every process in its cgroup.
     fn freeze(&self, frozen: bool) -> Result<(), Error>;
+    /// Takes new resources: its cgroup's limits, and its guests' memory limit.
+    fn update(&self, resources: &LinuxResources) -> Result<(), Error>;
     fn pids(&self) -> Result<Vec<i32>, Error>;
     fn stats(&self) -> Result<Stats, Error>;
     /// Calls `on_oom` whenever the kernel's OOM killer acts in its cgroup.
@@ -114,6 +118,10 @@ impl Container for LinuxContainer {
 
     fn freeze(&self, frozen: bool) -> Result<(), Error> {
         LinuxContainer::freeze(self, frozen)
+    }
+
+    fn update(&self, resources: &LinuxResources) -> Result<(), Error> {
+        LinuxContainer::update(self, resources)
     }
 
     fn pids(&self) -> Result<Vec<i32>, Error> {

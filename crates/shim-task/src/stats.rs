@@ -53,14 +53,41 @@ fn v1_metrics(stats: &Stats) -> v1::Metrics {
             ..Default::default()
         }),
         memory: MessageField::some(v1::MemoryStat {
+            // Every counter of memory.stat, the `total_` ones (this cgroup
+            // and its descendants) being what CRI reads: RSS, page faults,
+            // and the working set (usage less total_inactive_file).
             cache: memory.cache,
             rss: stat("rss"),
+            rss_huge: stat("rss_huge"),
             mapped_file: stat("mapped_file"),
+            dirty: stat("dirty"),
+            writeback: stat("writeback"),
+            pg_pg_in: stat("pgpgin"),
+            pg_pg_out: stat("pgpgout"),
             pg_fault: stat("pgfault"),
             pg_maj_fault: stat("pgmajfault"),
+            inactive_anon: stat("inactive_anon"),
+            active_anon: stat("active_anon"),
             inactive_file: stat("inactive_file"),
             active_file: stat("active_file"),
+            unevictable: stat("unevictable"),
+            hierarchical_memory_limit: stat("hierarchical_memory_limit"),
+            hierarchical_swap_limit: stat("hierarchical_memsw_limit"),
+            total_cache: stat("total_cache"),
+            total_rss: stat("total_rss"),
+            total_rss_huge: stat("total_rss_huge"),
+            total_mapped_file: stat("total_mapped_file"),
+            total_dirty: stat("total_dirty"),
+            total_writeback: stat("total_writeback"),
+            total_pg_pg_in: stat("total_pgpgin"),
+            total_pg_pg_out: stat("total_pgpgout"),
+            total_pg_fault: stat("total_pgfault"),
+            total_pg_maj_fault: stat("total_pgmajfault"),
+            total_inactive_anon: stat("total_inactive_anon"),
+            total_active_anon: stat("total_active_anon"),
             total_inactive_file: stat("total_inactive_file"),
+            total_active_file: stat("total_active_file"),
+            total_unevictable: stat("total_unevictable"),
             usage: MessageField::some(entry(&memory.memory)),
             swap: MessageField::some(entry(&memory.memswap)),
             kernel: MessageField::some(entry(&memory.kernel)),
@@ -95,10 +122,44 @@ fn v2_metrics(stats: &Stats) -> v2::Metrics {
             max_usage: memory.memory.max_usage,
             swap_usage: memory.memswap.usage,
             swap_limit: memory.memswap.limit,
+            // Every counter of memory.stat; CRI reads anon (RSS), the page
+            // faults, and the working set (usage less inactive_file).
             anon: stat("anon"),
             file: stat("file"),
+            kernel_stack: stat("kernel_stack"),
+            slab: stat("slab"),
+            sock: stat("sock"),
+            shmem: stat("shmem"),
+            file_mapped: stat("file_mapped"),
+            file_dirty: stat("file_dirty"),
+            file_writeback: stat("file_writeback"),
+            anon_thp: stat("anon_thp"),
+            inactive_anon: stat("inactive_anon"),
+            active_anon: stat("active_anon"),
             inactive_file: stat("inactive_file"),
             active_file: stat("active_file"),
+            unevictable: stat("unevictable"),
+            slab_reclaimable: stat("slab_reclaimable"),
+            slab_unreclaimable: stat("slab_unreclaimable"),
+            pgfault: stat("pgfault"),
+            pgmajfault: stat("pgmajfault"),
+            // Split into _anon and _file since Linux 5.9.
+            workingset_refault: stat("workingset_refault")
+                + stat("workingset_refault_anon")
+                + stat("workingset_refault_file"),
+            workingset_activate: stat("workingset_activate")
+                + stat("workingset_activate_anon")
+                + stat("workingset_activate_file"),
+            workingset_nodereclaim: stat("workingset_nodereclaim"),
+            pgrefill: stat("pgrefill"),
+            pgscan: stat("pgscan"),
+            pgsteal: stat("pgsteal"),
+            pgactivate: stat("pgactivate"),
+            pgdeactivate: stat("pgdeactivate"),
+            pglazyfree: stat("pglazyfree"),
+            pglazyfreed: stat("pglazyfreed"),
+            thp_fault_alloc: stat("thp_fault_alloc"),
+            thp_collapse_alloc: stat("thp_collapse_alloc"),
             ..Default::default()
         }),
         ..Default::default()
@@ -117,6 +178,10 @@ mod tests {
         stats.memory.memory.limit = 64 << 20;
         stats.cpu.usage.usage_total = 1_000_000;
         stats.pids.current = 1;
+        stats.memory.stats = [("total_rss", 8192), ("total_pgfault", 7), ("rss", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let any = convert_to_any(Box::new(v1_metrics(&stats))).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
         let back = v1::Metrics::parse_from_bytes(&any.value).unwrap();
@@ -124,20 +189,29 @@ mod tests {
         assert_eq!(back.memory.usage.limit, 64 << 20);
         assert_eq!(back.cpu.usage.total, 1_000_000);
         assert_eq!(back.pids.current, 1);
+        // What CRI reads as RSS and page faults.
+        assert_eq!(
+            (back.memory.total_rss, back.memory.total_pg_fault),
+            (8192, 7)
+        );
     }
 
     #[test]
     fn v2_metrics_use_microseconds() {
         let mut stats = Stats::default();
         stats.cpu.usage.usage_total = 5_000_000;
+        stats.memory.stats = [("anon", 4096), ("pgfault", 9), ("pgmajfault", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let any = convert_to_any(Box::new(v2_metrics(&stats))).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let back = v2::Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(back.cpu.usage_usec, 5000);
+        let memory = &back.memory;
         assert_eq!(
-            v2::Metrics::parse_from_bytes(&any.value)
-                .unwrap()
-                .cpu
-                .usage_usec,
-            5000
+            (memory.anon, memory.pgfault, memory.pgmajfault),
+            (4096, 9, 1)
         );
     }
 }

@@ -35,6 +35,7 @@ use containerd_shim::api::{
 };
 use containerd_shim::monitor::{Subject, Topic};
 use containerd_shim::protos::events::task::{TaskPaused, TaskResumed, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -256,6 +257,27 @@ impl<R: Runtime, E: EventSink> TaskService<R, E> {
         Ok(())
     }
 
+    /// New resources for a task (an in-place resize): containerd sends the
+    /// container's whole `linux.resources`, as runtime-spec JSON.
+    fn update_task(&self, req: &api::UpdateTaskRequest) -> Result<(), TaskError> {
+        let task = self.tasks.get(&req.id)?;
+        let resources =
+            linux_resources(&req.resources).map_err(|reason| TaskError::InvalidArgument {
+                id: task.id.clone(),
+                reason,
+            })?;
+        task.init.transition(Transition::Update, || {
+            task.container
+                .update(&resources)
+                .map_err(|source| TaskError::Container {
+                    id: task.id.clone(),
+                    source,
+                })
+        })?;
+        log::info!("container {}: resources updated", req.id);
+        Ok(())
+    }
+
     fn delete_process(&self, req: &DeleteRequest) -> Result<DeleteResponse, TaskError> {
         let task = self.tasks.get(&req.id)?;
         let process = task.process(&req.exec_id)?;
@@ -429,11 +451,9 @@ impl<R: Runtime, E: EventSink> Task for TaskService<R, E> {
         Ok(Empty::new())
     }
 
-    fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        Err(TaskError::Unsupported {
-            operation: "update",
-        }
-        .into())
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.update_task(&req)?;
+        Ok(Empty::new())
     }
 
     fn checkpoint(
@@ -452,4 +472,19 @@ impl<R: Runtime, E: EventSink> Task for TaskService<R, E> {
         process.resize(req.width, req.height)?;
         Ok(Empty::new())
     }
+}
+
+/// The resources of an Update: runtime-spec `LinuxResources` as JSON, which
+/// is what containerd's client sends (`typeurl` names the type).
+fn linux_resources(
+    resources: &MessageField<Any>,
+) -> Result<oci_spec::runtime::LinuxResources, String> {
+    let any = resources.as_ref().ok_or("an update without resources")?;
+    if !any.type_url.ends_with("/LinuxResources") {
+        return Err(format!(
+            "resources of type {:?}: only runtime-spec LinuxResources apply to a Linux container",
+            any.type_url
+        ));
+    }
+    serde_json::from_slice(&any.value).map_err(|e| format!("the new resources are not valid: {e}"))
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use containerd_shim::event::Event;
 use containerd_shim::protos::protobuf::MessageDyn;
+use oci_spec::runtime::LinuxResources;
 use shim_container::rootfs::RootfsMount;
 use shim_container::{Bundle, CreateRequest, Error, ExecProcess, LayerFile, Stats};
 
@@ -25,6 +26,7 @@ pub(super) struct World {
     pub(super) signals: Mutex<Vec<(i32, i32)>>,
     /// Freezes (`true`) and thaws (`false`), in order.
     pub(super) freezes: Mutex<Vec<bool>>,
+    pub(super) updates: Mutex<Vec<LinuxResources>>,
     pub(super) deleted: Mutex<Vec<String>>,
     /// Runs inside `create` / `exec` with the new pid, before it returns.
     pub(super) during_create: Mutex<Option<Hook>>,
@@ -120,6 +122,10 @@ impl Container for FakeContainer {
     }
     fn freeze(&self, frozen: bool) -> Result<(), Error> {
         self.world.freezes.lock().unwrap().push(frozen);
+        Ok(())
+    }
+    fn update(&self, resources: &LinuxResources) -> Result<(), Error> {
+        self.world.updates.lock().unwrap().push(resources.clone());
         Ok(())
     }
     fn pids(&self) -> Result<Vec<i32>, Error> {

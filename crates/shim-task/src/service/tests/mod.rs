@@ -494,3 +494,56 @@ fn a_running_task_pauses_and_resumes_with_its_events() {
     s.exited(pid, 137);
     assert_eq!(s.state("c1", ""), (Status::STOPPED, 137));
 }
+
+#[test]
+fn resources_are_updated_as_containerd_sends_them_until_the_task_exits() {
+    use containerd_shim::api;
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use containerd_shim::protos::protobuf::MessageField;
+    let s = setup();
+    let pid = s.create("c1").unwrap();
+    let update = |type_url: &str, json: &str| {
+        s.service.update_task(&api::UpdateTaskRequest {
+            id: "c1".into(),
+            resources: MessageField::some(Any {
+                type_url: type_url.into(),
+                value: json.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    const LINUX: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+    update(
+        LINUX,
+        r#"{"memory":{"limit":134217728},"cpu":{"quota":50000,"period":100000}}"#,
+    )
+    .unwrap();
+    s.start("c1", "").unwrap();
+    update(LINUX, r#"{"pids":{"limit":64}}"#).unwrap();
+    let updates = s.world.updates.lock().unwrap().clone();
+    assert_eq!(updates.len(), 2);
+    let memory = updates[0].memory().as_ref().and_then(|m| m.limit());
+    assert_eq!(memory, Some(128 << 20));
+    assert_eq!(updates[1].pids().as_ref().map(|p| p.limit()), Some(64));
+    let refused = update(
+        "types.containerd.io/opencontainers/runtime-spec/1/WindowsResources",
+        "{}",
+    )
+    .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .starts_with("container c1: resources of type"),
+        "{refused}"
+    );
+    let refused = update(LINUX, r#"{"memory":{"limit":"lots"}}"#).unwrap_err();
+    assert!(refused.to_string().contains("not valid"), "{refused}");
+    s.exited(pid, 0);
+    let refused = update(LINUX, "{}").unwrap_err();
+    assert!(
+        refused.to_string().contains("has already exited"),
+        "{refused}"
+    );
+    assert_eq!(s.world.updates.lock().unwrap().len(), 2);
+}
