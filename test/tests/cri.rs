@@ -539,3 +539,58 @@ fn seccomp_profiles_bind_wasm_guests_and_native_sidecars() {
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[pod, looping, sidecar, default, unconfined, confined]);
 }
+
+/// A child process killed (by PID) and reaped if the test ends before it does.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_paused_http_server_answers_a_request_made_while_paused_once_resumed() {
+    let node = CriNode::start();
+    let pod_config = node.pod_config("frozen");
+    let pod = node.run_pod(&pod_config);
+    let ip = node.pod_ip(&pod);
+    let web = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("web", HELLO_HTTP, &[]),
+    );
+    assert_eq!(node.wait_http(&format!("http://{ip}:8080/before")).0, 200);
+    // kubelet has no pause; containerd's Task API does (ctr task pause).
+    let paused = node.ctr_output(&["task", "pause", &web]);
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    let listed = node.ctr_output(&["task", "ls"]);
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(web.as_str()) && l.ends_with("PAUSED")),
+        "{}",
+        listed.stdout
+    );
+    // The kernel takes the connection; the frozen server answers nothing.
+    let mut curl = Reaped(Some(
+        node.http_request(&format!("http://{ip}:8080/while-paused")),
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    let waiting = curl.0.as_mut().unwrap().try_wait().expect("curl");
+    assert!(waiting.is_none(), "answered while paused: {waiting:?}");
+    let resumed = node.ctr_output(&["task", "resume", &web]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let (status, body) = http_response(curl.0.take().unwrap());
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from wasm at /while-paused\n")
+    );
+    assert_eq!(node.http_get(&format!("http://{ip}:8080/after")).0, 200);
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod, web]);
+}
