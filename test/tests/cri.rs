@@ -594,3 +594,61 @@ fn a_paused_http_server_answers_a_request_made_while_paused_once_resumed() {
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[pod, web]);
 }
+
+/// A container of `HELLO_HTTP` running the wasm of `WASM_TEST`, mounted as an
+/// image volume at `/vol` (KEP-4639; CRI `Mount.image`).
+fn from_image_volume(name: &str, args: &[&str]) -> k8s_cri::v1::ContainerConfig {
+    let mut config = CriNode::container_config(name, HELLO_HTTP, args);
+    config.mounts = vec![k8s_cri::v1::Mount {
+        container_path: "/vol".into(),
+        readonly: true,
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: WASM_TEST.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    config
+}
+
+#[test]
+fn an_image_volume_is_read_by_the_guest_and_its_wasm_is_an_entrypoint() {
+    let version = shim_tests::environment::containerd_version();
+    if !version.is_v2() {
+        eprintln!("containerd {version} has no image volumes (2.1 and later): nothing to test");
+        return;
+    }
+    let node = CriNode::start();
+    let pod_config = node.pod_config("imagevol");
+    let pod = node.run_pod(&pod_config);
+    let reader = node.start_container(
+        &pod,
+        &pod_config,
+        from_image_volume(
+            "reader",
+            &["/vol/wasitest.wasm", "cat", "/vol/data/hello.txt"],
+        ),
+    );
+    let status = node.wait_exited(&reader);
+    let log = std::fs::read_to_string(node.dir().join("logs/imagevol/reader.log")).unwrap();
+    assert_eq!(status.exit_code, 0, "{status:?}\n{log}");
+    assert!(
+        log.contains("stdout F hello from a file in the image"),
+        "{log}"
+    );
+    // The volume is read-only to the guest.
+    let writer = node.start_container(
+        &pod,
+        &pod_config,
+        from_image_volume(
+            "writer",
+            &["/vol/wasitest.wasm", "write", "/vol/data/new.txt"],
+        ),
+    );
+    let status = node.wait_exited(&writer);
+    let log = std::fs::read_to_string(node.dir().join("logs/imagevol/writer.log")).unwrap();
+    assert_eq!(status.exit_code, 1, "{status:?}\n{log}");
+    assert!(log.contains("error: /vol/data/new.txt:"), "{log}");
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod, reader, writer]);
+}
