@@ -27,6 +27,7 @@ pub mod events;
 pub mod harness;
 pub mod images;
 pub mod leaks;
+pub mod metrics;
 pub mod procfs;
 pub mod registry;
 pub mod rng;

@@ -20,6 +20,7 @@ use libcontainer::notify_socket::NOTIFY_FILE;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
+use shim_engine::budget::WasmMetrics;
 use shim_engine::MemoryBudget;
 
 use crate::request::{CreateRequest, ExecProcess, ExecRequest, Request};
@@ -305,9 +306,13 @@ impl LinuxContainer {
         }
     }
 
-    /// The container's memory budget: its limit and what its guests hold.
-    pub fn memory_budget(&self) -> Option<&MemoryBudget> {
-        self.memory.as_ref()
+    /// The container's wasm numbers (its task metrics); `None` for a
+    /// native container, whose process runs no guest.
+    pub fn wasm_metrics(&self) -> Option<WasmMetrics> {
+        if self.runs_native() {
+            return None;
+        }
+        self.memory.as_ref().map(MemoryBudget::metrics)
     }
 
     /// Calls `on_oom` whenever the kernel's OOM killer acts in the container's cgroup.

@@ -224,6 +224,9 @@ impl WasmExecutor {
         let program = engine
             .prepare(shown, &bytes, entry.export.as_deref())
             .map_err(|e| e.to_string())?;
+        if let Some(budget) = &self.memory {
+            budget.count_code(program.cache_outcome() == Some(Outcome::Hit));
+        }
         match program.cache_outcome() {
             Some(Outcome::Hit) => log::info!("{shown}: code mapped from the node's cache"),
             Some(Outcome::Compiled) => log::info!("{shown}: compiled into the node's cache"),

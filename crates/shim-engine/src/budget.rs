@@ -16,6 +16,10 @@
 //! reads numbers from it: a guest that broke out of wasm could change its
 //! own budget, never the cgroup's limit, which the kernel enforces.
 //!
+//! The page also counts how the container's guests got their code (from the
+//! node's cache, or compiled): with the memory numbers, the container's
+//! wasm metrics ([`WasmMetrics`]).
+//!
 //! The limit and the bytes held are one counter, the headroom (limit − held),
 //! changed only by compare-and-swap: a grow takes from it, a lower limit takes
 //! the difference from it, so a limit can never be lowered below what is
@@ -49,6 +53,9 @@ struct Counters {
     stores: AtomicU64,
     /// Grows refused because of the limit.
     refused: AtomicU64,
+    /// Guests whose code came from the node's cache, and guests compiled.
+    code_hits: AtomicU64,
+    code_compiles: AtomicU64,
 }
 
 const PAGE: usize = 4096;
@@ -79,6 +86,23 @@ impl Drop for Backing {
 /// share it.
 #[derive(Clone)]
 pub struct MemoryBudget(Arc<Backing>);
+
+/// A container's wasm numbers (docs/architecture.md, "Task metrics").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WasmMetrics {
+    /// Live instances of its guests (a command, an exec, a request in flight).
+    pub instances: u64,
+    /// Linear memory they hold, in bytes.
+    pub linear_memory_bytes: u64,
+    /// The limit on it; 0: none.
+    pub linear_memory_limit: u64,
+    /// `memory.grow`s refused at the limit.
+    pub grows_refused: u64,
+    /// Guests whose code was mapped from the node's cache.
+    pub code_cache_hits: u64,
+    /// Guests compiled (into the cache, or by the process itself).
+    pub code_compiles: u64,
+}
 
 /// The limit could not be lowered: the container's instances hold more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +179,31 @@ impl MemoryBudget {
     /// How many grows the limit has refused.
     pub fn refused(&self) -> u64 {
         self.counters().refused.load(Ordering::Acquire)
+    }
+
+    /// Counts a guest of the container prepared: its code mapped from the
+    /// node's cache (`hit`), or compiled.
+    pub fn count_code(&self, hit: bool) {
+        let counters = self.counters();
+        let counter = if hit {
+            &counters.code_hits
+        } else {
+            &counters.code_compiles
+        };
+        counter.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The container's wasm numbers, for its task metrics.
+    pub fn metrics(&self) -> WasmMetrics {
+        let counters = self.counters();
+        WasmMetrics {
+            instances: self.stores(),
+            linear_memory_bytes: self.held(),
+            linear_memory_limit: self.limit().unwrap_or(0),
+            grows_refused: self.refused(),
+            code_cache_hits: counters.code_hits.load(Ordering::Acquire),
+            code_compiles: counters.code_compiles.load(Ordering::Acquire),
+        }
     }
 
     /// Changes the limit (`None`: none). Lowering it below what the
@@ -344,6 +393,20 @@ mod tests {
         assert!(!b
             .memory_growing(10 * MIB, 10 * MIB + 1, Some(10 * MIB))
             .unwrap());
+        budget.count_code(true);
+        budget.count_code(false);
+        budget.count_code(true);
+        assert_eq!(
+            budget.metrics(),
+            WasmMetrics {
+                instances: 1,
+                linear_memory_bytes: 10 * MIB as u64,
+                linear_memory_limit: 10 * MIB as u64,
+                grows_refused: 2,
+                code_cache_hits: 2,
+                code_compiles: 1,
+            }
+        );
     }
 
     #[test]

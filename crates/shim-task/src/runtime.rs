@@ -7,6 +7,7 @@
 use std::os::fd::OwnedFd;
 
 use oci_spec::runtime::LinuxResources;
+use shim_engine::budget::WasmMetrics;
 
 use shim_container::rootfs::RootfsMount;
 use shim_container::{Bundle, CreateRequest, Error, ExecProcess, LayerFile, LinuxContainer, Stats};
@@ -53,6 +54,11 @@ pub trait Container: Send + Sync + 'static {
     fn update(&self, resources: &LinuxResources) -> Result<(), Error>;
     fn pids(&self) -> Result<Vec<i32>, Error>;
     fn stats(&self) -> Result<Stats, Error>;
+    /// Its wasm numbers (instances, linear memory, code); `None` for a
+    /// native container.
+    fn wasm_metrics(&self) -> Option<WasmMetrics> {
+        None
+    }
     /// Calls `on_oom` whenever the kernel's OOM killer acts in its cgroup.
     fn watch_oom(&self, on_oom: Box<dyn Fn() + Send>) -> Result<(), Error>;
     /// Calls `on_oom` now for a kill the kernel counted but has not yet
@@ -126,6 +132,10 @@ impl Container for LinuxContainer {
 
     fn pids(&self) -> Result<Vec<i32>, Error> {
         LinuxContainer::pids(self)
+    }
+
+    fn wasm_metrics(&self) -> Option<WasmMetrics> {
+        LinuxContainer::wasm_metrics(self)
     }
 
     fn stats(&self) -> Result<Stats, Error> {

@@ -5,19 +5,63 @@
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{self, CodedOutputStream};
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::util::convert_to_any;
 use libcgroups::common::{get_cgroup_setup, CgroupSetup};
 use shim_container::Stats;
+use shim_engine::budget::WasmMetrics;
 
-pub fn metrics_any(stats: &Stats) -> containerd_shim::Result<Any> {
+/// The field of the cgroups metrics message that carries a wasm
+/// container's [`WasmMetrics`]: far above the fields either version has.
+pub const WASM_METRICS_FIELD: u32 = 1000;
+
+/// The task's metrics: the cgroups message containerd, CRI and `ctr` read,
+/// and for a wasm container its [`WasmMetrics`] as one more field of that
+/// message ([`WASM_METRICS_FIELD`]), which those readers skip as an
+/// unknown field (docs/architecture.md, "Task metrics").
+pub fn metrics_any(stats: &Stats, wasm: Option<&WasmMetrics>) -> containerd_shim::Result<Any> {
     let unified = matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified));
     let metrics: Box<dyn MessageDyn> = if unified {
         Box::new(v2_metrics(stats))
     } else {
         Box::new(v1_metrics(stats))
     };
-    convert_to_any(metrics)
+    let mut any = convert_to_any(metrics)?;
+    if let Some(wasm) = wasm {
+        any.value.extend(encode_wasm_metrics(wasm)?);
+    }
+    Ok(any)
+}
+
+/// `WasmMetrics` as protobuf field [`WASM_METRICS_FIELD`] (a message of
+/// six uint64 fields, 1 to 6, in [`WasmMetrics`]' order).
+fn encode_wasm_metrics(wasm: &WasmMetrics) -> protobuf::Result<Vec<u8>> {
+    let mut message = Vec::new();
+    {
+        let mut out = CodedOutputStream::vec(&mut message);
+        for (field, value) in [
+            wasm.instances,
+            wasm.linear_memory_bytes,
+            wasm.linear_memory_limit,
+            wasm.grows_refused,
+            wasm.code_cache_hits,
+            wasm.code_compiles,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.write_uint64(field as u32 + 1, value)?;
+        }
+        out.flush()?;
+    }
+    let mut field = Vec::new();
+    {
+        let mut out = CodedOutputStream::vec(&mut field);
+        out.write_bytes(WASM_METRICS_FIELD, &message)?;
+        out.flush()?;
+    }
+    Ok(field)
 }
 
 fn v1_metrics(stats: &Stats) -> v1::Metrics {
@@ -194,6 +238,47 @@ mod tests {
             (back.memory.total_rss, back.memory.total_pg_fault),
             (8192, 7)
         );
+    }
+
+    #[test]
+    fn wasm_metrics_ride_as_a_field_the_cgroups_readers_skip() {
+        let mut stats = Stats::default();
+        stats.memory.memory.usage = 4096;
+        let wasm = WasmMetrics {
+            instances: 2,
+            linear_memory_bytes: 3 << 20,
+            linear_memory_limit: 0,
+            grows_refused: 1,
+            code_cache_hits: 5,
+            code_compiles: 300,
+        };
+        let any = metrics_any(&stats, Some(&wasm)).unwrap();
+        // What containerd's readers do: decode the cgroups message.
+        let unified = matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified));
+        let unknown = if unified {
+            let back = v2::Metrics::parse_from_bytes(&any.value).unwrap();
+            assert_eq!(back.memory.usage, 4096);
+            back.special_fields.unknown_fields().clone()
+        } else {
+            let back = v1::Metrics::parse_from_bytes(&any.value).unwrap();
+            assert_eq!(back.memory.usage.usage, 4096);
+            back.special_fields.unknown_fields().clone()
+        };
+        let field = unknown.get(WASM_METRICS_FIELD).expect("the wasm field");
+        let protobuf::UnknownValueRef::LengthDelimited(bytes) = field else {
+            panic!("{field:?}")
+        };
+        let mut input = protobuf::CodedInputStream::from_bytes(bytes);
+        let mut values = Vec::new();
+        while let Some(tag) = input.read_raw_tag_or_eof().unwrap() {
+            values.push((tag >> 3, input.read_uint64().unwrap()));
+        }
+        assert_eq!(
+            values,
+            [(1, 2), (2, 3 << 20), (3, 0), (4, 1), (5, 5), (6, 300)]
+        );
+        let plain = metrics_any(&stats, None).unwrap();
+        assert!(plain.value.len() < any.value.len());
     }
 
     #[test]

@@ -82,3 +82,44 @@ fn pause_freezes_a_spinning_guest_resume_lets_it_go_on_and_kill_ends_it_paused()
     drop(events);
     c.assert_clean(&[&id]);
 }
+
+#[test]
+fn task_metrics_carry_the_guests_instances_linear_memory_and_code() {
+    use shim_tests::metrics::task_metrics;
+    let c = containerd();
+    let bundle = |id: &str| {
+        c.dir()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(shim_tests::harness::NAMESPACE)
+            .join(id)
+    };
+    let id = unique_id("metrics");
+    c.run_detached(&id, WASM_TEST, &["/wasitest.wasm", "growto", "20"]);
+    // The guest grows its linear memory to 20 MiB and keeps it.
+    let deadline = Instant::now() + Duration::from_secs(20 * u64::from(slowness()));
+    let metrics = loop {
+        let metrics = task_metrics(&bundle(&id), &id);
+        if metrics
+            .wasm
+            .is_some_and(|w| w.linear_memory_bytes >= 20 << 20)
+        {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "{metrics:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let wasm = metrics.wasm.unwrap();
+    assert!(metrics.memory_usage > 0, "{metrics:?}");
+    assert_eq!(wasm.instances, 1, "{wasm:?}");
+    assert!(wasm.linear_memory_bytes < 21 << 20, "{wasm:?}");
+    assert_eq!((wasm.linear_memory_limit, wasm.grows_refused), (0, 0));
+    assert_eq!(wasm.code_cache_hits + wasm.code_compiles, 1, "{wasm:?}");
+
+    // A native container's metrics are its cgroup's alone.
+    let native = unique_id("metrics-native");
+    c.run_detached(&native, WASM_TEST, &["/native-hello", "sleep"]);
+    let metrics = task_metrics(&bundle(&native), &native);
+    assert_eq!(metrics.wasm, None, "{metrics:?}");
+    c.remove(&id);
+    c.remove(&native);
+}

@@ -400,7 +400,8 @@ impl<R: Runtime, E: EventSink> Task for TaskService<R, E> {
             })?;
         Ok(StatsResponse {
             stats: MessageField::some(
-                metrics_any(&stats).map_err(|e| ttrpc::Error::Others(e.to_string()))?,
+                metrics_any(&stats, task.container.wasm_metrics().as_ref())
+                    .map_err(|e| ttrpc::Error::Others(e.to_string()))?,
             ),
             ..Default::default()
         })
