@@ -34,8 +34,16 @@ pub struct TaskMetrics {
 
 /// Asks the shim of task `id` (bundle `bundle`) for its stats, as containerd does.
 pub fn task_metrics(bundle: &Path, id: &str) -> TaskMetrics {
+    // The shim writes `address` in its first task's bundle; containerd 2
+    // writes every task's `bootstrap.json` (a pod's later containers).
     let address = std::fs::read_to_string(bundle.join("address"))
-        .unwrap_or_else(|e| panic!("the shim's address in {}: {e}", bundle.display()));
+        .ok()
+        .or_else(|| {
+            let json = std::fs::read(bundle.join("bootstrap.json")).ok()?;
+            let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+            Some(value["address"].as_str()?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no shim address in {}", bundle.display()));
     let client = TaskClient::new(Client::connect(address.trim()).expect("connect to the shim"));
     let stats = client
         .stats(

@@ -652,3 +652,121 @@ fn an_image_volume_is_read_by_the_guest_and_its_wasm_is_an_entrypoint() {
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[pod, reader, writer]);
 }
+
+/// kubelet's `hostUsers: false`: the pod's own user namespace, its root
+/// mapped to `HOST_ID` and on, for the sandbox and each container.
+const USERNS_HOST_ID: u32 = 100 * 65536;
+
+fn in_pod_user_namespace(options: &mut Option<k8s_cri::v1::NamespaceOption>) {
+    let mapping = || {
+        vec![k8s_cri::v1::IdMapping {
+            host_id: USERNS_HOST_ID,
+            container_id: 0,
+            length: 65536,
+        }]
+    };
+    options.get_or_insert_with(Default::default).userns_options =
+        Some(k8s_cri::v1::UserNamespace {
+            mode: k8s_cri::v1::NamespaceMode::Pod as i32,
+            uids: mapping(),
+            gids: mapping(),
+        });
+}
+
+#[test]
+fn a_pod_with_its_own_user_namespace_runs_wasm_from_the_cache_and_native_sidecars() {
+    let version = shim_tests::environment::containerd_version();
+    if !version.is_v2() {
+        eprintln!(
+            "containerd {version}: user namespaces need containerd 2.0 or later: nothing to test"
+        );
+        return;
+    }
+    let node = CriNode::start();
+    // A first pod compiles the guest into the node's cache.
+    let warm_config = node.pod_config("warm");
+    let warm = node.run_pod(&warm_config);
+    let first = node.start_container(
+        &warm,
+        &warm_config,
+        CriNode::container_config("first", WASM_TEST, &["/wasitest.wasm", "hello"]),
+    );
+    assert_eq!(node.wait_exited(&first).exit_code, 0);
+    node.stop_and_remove_pod(&warm);
+    let mut pod_config = node.pod_config("userns");
+    in_pod_user_namespace(
+        &mut pod_config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options,
+    );
+    let pod = node.run_pod_with(&pod_config, shim_tests::cri::PLAIN_HANDLER);
+    let start = |name: &str, command: &[&str]| {
+        let mut config = CriNode::container_config(name, WASM_TEST, command);
+        let context = config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        in_pod_user_namespace(&mut context.namespace_options);
+        node.start_container(&pod, &pod_config, config)
+    };
+    let wasm = start("wasm", &["/wasitest.wasm", "growto", "1"]);
+    let native = start("sidecar", &["/native-hello", "sleep"]);
+    // Host uid 0 is nobody in the pod: its root is USERNS_HOST_ID.
+    let host_root = USERNS_HOST_ID.to_string();
+    for id in [&wasm, &native] {
+        let pid = node.task_pid(id).expect("the task runs");
+        let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        assert_eq!(fields, ["0", host_root.as_str(), "65536"], "{id}: {map}");
+    }
+    // The guest's code came from the node's cache, which the first pod filled.
+    let bundle = node
+        .dir()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(shim_tests::cri::NAMESPACE)
+        .join(&wasm);
+    let metrics = shim_tests::metrics::task_metrics(&bundle, &wasm);
+    let code = metrics.wasm.expect("wasm metrics");
+    assert_eq!(
+        (code.code_cache_hits, code.code_compiles),
+        (1, 0),
+        "{code:?}"
+    );
+    // The image's files are the pod's root's (the idmapped rootfs), and so
+    // is a file a guest writes.
+    let pid = node.task_pid(&wasm).unwrap();
+    let owner = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/root{path}")).map(|m| m.uid())
+    };
+    assert_eq!(owner("/data/hello.txt").unwrap(), USERNS_HOST_ID);
+    // An exec runs in the pod's user namespace too, and writes as its root.
+    let request = k8s_cri::v1::ExecSyncRequest {
+        container_id: wasm.clone(),
+        cmd: ["/wasitest.wasm", "write", "/written.txt"]
+            .map(String::from)
+            .to_vec(),
+        timeout: 20,
+    };
+    let exec = node.call(
+        "ExecSync",
+        |mut c| async move { c.exec_sync(request).await },
+    );
+    assert_eq!(
+        exec.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&exec.stdout)
+    );
+    assert_eq!(owner("/written.txt").unwrap(), USERNS_HOST_ID);
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[warm, first, pod, wasm, native]);
+}

@@ -96,6 +96,12 @@ pub struct WasmExecutor {
     /// it) and the container's other processes; without one, a budget of
     /// the spec's limit, for this process alone.
     pub memory: Option<MemoryBudget>,
+    /// The bind mounts of a container with its own user namespace, opened
+    /// by the helper, attached first thing in `validate`.
+    pub binds: Option<Arc<crate::userns::DetachedBinds>>,
+    /// An exec's: its container's user namespace, joined first thing in
+    /// `validate` (libcontainer's exec joins every other namespace).
+    pub user_namespace: Option<Arc<OwnedFd>>,
     /// Set for an exec's process (libcontainer's tenant).
     pub exec: Option<ExecKind>,
 }
@@ -369,6 +375,15 @@ fn listen(port: u16) -> Result<TcpListener, String> {
 
 impl Executor for WasmExecutor {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        if let Some(namespace) = &self.user_namespace {
+            crate::userns::join_user_namespace(namespace, spec)
+                .map_err(ExecutorValidationError::ArgValidationError)?;
+        }
+        if let Some(binds) = &self.binds {
+            binds
+                .attach()
+                .map_err(ExecutorValidationError::ArgValidationError)?;
+        }
         close_inherited();
         set_name(crate::WASM_PROCESS_NAME);
         let began = std::time::Instant::now();

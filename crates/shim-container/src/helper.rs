@@ -35,6 +35,7 @@ use crate::request::{
 use crate::rootfs::{mount_rootfs, unmount_rootfs};
 use crate::state::{budget_file, cleanup_state, staged_bundle, state_root};
 use crate::stdio::stdio;
+use crate::userns::DetachedBinds;
 use shim_engine::MemoryBudget;
 
 /// The first argument that turns the shim binary into the create helper.
@@ -305,6 +306,18 @@ fn build_exec(
     let state = state_root(&request.bundle).join(&request.id);
     let _serial = lock_execs(&state)
         .map_err(|e| format!("{shown}: cannot lock the container's state: {e}"))?;
+    // With its own user namespace, the exec joins it (see `userns`).
+    let init_pid = libcontainer::container::Container::load(state.clone())
+        .ok()
+        .and_then(|container| container.pid())
+        .map(|pid| pid.as_raw());
+    if let Some(pid) = init_pid {
+        executor.user_namespace = crate::userns::container_user_namespace(spec, pid)
+            .map_err(|e| format!("{shown}: {e}"))?
+            .map(Arc::new);
+    } else if crate::userns::has_user_namespace(spec) {
+        return Err(format!("{shown}: the container's process is gone"));
+    }
     let staged = request.bundle.join(format!(".exec-{}.json", exec.exec_id));
     serde_json::to_vec(&process)
         .map_err(std::io::Error::other)
@@ -394,9 +407,13 @@ fn build_init(
     // libcontainer sees the spec without seccomp and capabilities (the
     // executor applies them, see `confinement`), in a private bundle.
     let confinement = Confinement::take_from_spec(&mut spec);
+    // With its own user namespace, its bind mounts are opened here.
+    let binds = DetachedBinds::take_from(&mut spec)?;
+    binds.make_mountpoints(&crate::rootfs::rootfs_dir(&request.bundle));
     let staged = staged_bundle(&request.bundle, &request.id);
     bundle.stage(&staged, &spec)?;
     let mut executor = executor(request.layer.as_ref(), code, confinement)?;
+    executor.binds = Some(Arc::new(binds));
     // Mapped here, shared with the container's process, which inherits the
     // mapping; the shim maps it too, to resize it ([`MemoryBudget`]).
     let budget = budget_file(&request.bundle, &request.id);

@@ -40,6 +40,7 @@ mod error;
 pub mod executor;
 pub mod guest_view;
 pub mod helper;
+pub mod idmap;
 pub mod native;
 pub mod oom;
 pub mod process;
@@ -48,6 +49,7 @@ pub mod rootfs;
 pub mod spawn;
 pub mod state;
 pub mod stdio;
+pub mod userns;
 pub mod zygote;
 
 pub use bundle::Bundle;

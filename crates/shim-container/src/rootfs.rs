@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::{IdMappings, IdmappedLayers};
 use crate::Error;
 
 /// One mount from containerd's CreateTask request.
@@ -88,7 +89,28 @@ fn mount_one(rootfs: &Path, m: &RootfsMount) -> Result<(), Error> {
     } else {
         rootfs.join(m.target.trim_start_matches('/'))
     };
-    let (flags, propagation, data) = parse_options(&m.options);
+    // A pod with its own user namespace: idmapped lower layers, held until
+    // the overlay is mounted over them (see `idmap`).
+    let mut options = m.options.clone();
+    let _layers = match IdMappings::take_from(&mut options)
+        .map_err(|e| Error::Rootfs(format!("{} ({}): {e}", m.source, m.kind)))?
+    {
+        Some(mappings) if m.kind == "overlay" => {
+            let dir = rootfs.with_file_name(".idmapped");
+            Some(
+                IdmappedLayers::prepare(&mut options, &mappings, &dir)
+                    .map_err(|e| Error::Rootfs(format!("{} ({}): {e}", m.source, m.kind)))?,
+            )
+        }
+        Some(_) => {
+            return Err(Error::Rootfs(format!(
+                "{} ({}): ID mappings are supported on overlay mounts only",
+                m.source, m.kind
+            )))
+        }
+        None => None,
+    };
+    let (flags, propagation, data) = parse_options(&options);
     let fail = |what: &str, e: nix::Error| {
         Error::Rootfs(format!(
             "{what} {} ({}) on {}: {e}",

@@ -33,14 +33,32 @@ pub use service::TaskService;
 pub const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
 
 /// The `-info` answer containerd 2.x asks for before it uses a runtime: a
-/// `containerd.types.RuntimeInfo` protobuf with this shim's name and version.
+/// `containerd.types.RuntimeInfo` protobuf with this shim's name and
+/// version, and its OCI runtime features (runtime-spec `features`, as
+/// `runc features` prints them) where containerd looks: idmapped mounts,
+/// which containerd 2 checks before it gives a runtime a container of a
+/// pod with its own user namespace.
 pub fn runtime_info() -> Vec<u8> {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
     use containerd_shim::protos::protobuf::Message;
     use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    let features = serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.1",
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "mountExtensions": {"idmap": {"enabled": true}},
+        },
+    });
     let info = RuntimeInfo {
         name: RUNTIME_ID.to_string(),
         version: MessageField::some(RuntimeVersion {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }),
+        features: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/features/Features".into(),
+            value: features.to_string().into_bytes(),
             ..Default::default()
         }),
         ..Default::default()
@@ -264,6 +282,15 @@ mod tests {
         let info = RuntimeInfo::parse_from_bytes(&super::runtime_info()).unwrap();
         assert_eq!(info.name, super::RUNTIME_ID);
         assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+        let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
+        assert_eq!(
+            features["linux"]["mountExtensions"]["idmap"]["enabled"],
+            true
+        );
+        assert!(info
+            .features
+            .type_url
+            .ends_with("/runtime-spec/1/features/Features"));
     }
 
     #[test]

@@ -46,8 +46,12 @@ impl RuntimeOptions {
         if any.type_url.ends_with("containerd.runc.v1.Options") {
             let runc = RuncOptions::parse_from_bytes(&any.value)
                 .map_err(|e| format!("malformed runtime options: {e}"))?;
+            // protobuf cannot tell `false` from unset, and containerd 2
+            // sends runc's options unasked (with `IoUid`/`IoGid`) to every
+            // container of a pod with its own user namespace: `false`
+            // leaves the driver to the cgroups path, as no options do.
             return Ok(Self {
-                systemd_cgroup: Some(runc.systemd_cgroup),
+                systemd_cgroup: runc.systemd_cgroup.then_some(true),
                 origin: "runc's options".into(),
                 ..Self::default()
             });
@@ -230,6 +234,21 @@ mod tests {
         };
         let options = RuntimeOptions::from_any(Some(&any)).unwrap();
         assert_eq!(options.systemd_cgroup, Some(true));
+        // What containerd 2 sends to a container of a user-namespaced pod:
+        // runc's options with only IoUid/IoGid; the path decides.
+        let io_owner = RuncOptions {
+            io_uid: 6553600,
+            io_gid: 6553600,
+            ..Default::default()
+        };
+        let any = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: io_owner.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
+        let options = RuntimeOptions::from_any(Some(&any)).unwrap();
+        assert_eq!(options.systemd_cgroup, None);
+        assert!(options.systemd(Some("kubepods-pod1.slice:cri-containerd:abc")));
         assert_eq!(
             RuntimeOptions::from_any(None).unwrap(),
             RuntimeOptions::default()

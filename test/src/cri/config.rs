@@ -23,6 +23,11 @@ pub const INLINE_HANDLER: &str = "wasmtime-inline";
 
 pub const BROKEN_HANDLER: &str = "wasmtime-broken";
 
+/// A handler without an options table: containerd 2.1 runs a container of
+/// a pod with its own user namespace only under one (it then sends runc's
+/// options, with the container's I/O owner, and fails on any other type).
+pub const PLAIN_HANDLER: &str = "wasmtime-plain";
+
 /// Writes the node's containerd config, CNI network and handler option
 /// files into `node_dir`.
 pub(super) fn write(node_dir: &Path, options: &NodeOptions) {
@@ -170,6 +175,8 @@ fn extra_handlers(runtimes: &str, dir: &impl std::fmt::Display) -> String {
       runtime_type = "io.containerd.wasmtime.v1"
       [{runtimes}.{BROKEN_HANDLER}.options]
         ConfigPath = "{dir}/wasmtime-broken.toml"
+    [{runtimes}.{PLAIN_HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
 "#
     )
 }

@@ -1,0 +1,342 @@
+//! Containers with their own user namespace (`hostUsers: false`): their
+//! bind mounts, and execs into them.
+//!
+//! Bind mounts: libcontainer makes a bind mount from inside the container's
+//! process, as the container's root, which is nobody on the host: it cannot
+//! reach a source under containerd's 0700 directories (the pod's
+//! `/dev/shm`, `/etc/resolv.conf`, every volume). So, as runc does, the
+//! source is opened on the host: the create helper takes the spec's bind
+//! mounts out of what libcontainer sees and makes each a detached copy of
+//! its source (`open_tree`), with the spec's flags; the container's process
+//! inherits the copies and moves each onto its destination in its root
+//! ([`DetachedBinds::attach`]) before anything else of the container is looked at.
+//!
+//! Execs: libcontainer 0.7's tenant (exec) builder joins every namespace of
+//! the container but its user namespace, so an exec would run as the
+//! host's root. The exec's helper opens the container's user namespace
+//! ([`container_user_namespace`]); the exec's process joins it first thing
+//! ([`join_user_namespace`]), and takes its user's IDs there.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::idmap::{user_namespace, IdMappings};
+
+/// One bind mount, opened on the host.
+#[derive(Debug)]
+pub struct DetachedBind {
+    destination: PathBuf,
+    tree: OwnedFd,
+    is_dir: bool,
+}
+
+/// The container's bind mounts, until its process has attached them.
+#[derive(Debug, Default)]
+pub struct DetachedBinds(Mutex<Vec<DetachedBind>>);
+
+/// Whether the container gets a user namespace of its own (or joins its pod's).
+pub fn has_user_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .is_some_and(|namespaces| {
+            namespaces
+                .iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::User)
+        })
+}
+
+fn syscall_error(what: &str, source: &std::path::Path) -> String {
+    format!(
+        "the bind mount of {}: cannot {what}: {}",
+        source.display(),
+        std::io::Error::last_os_error()
+    )
+}
+
+impl DetachedBinds {
+    /// Helper side: takes the bind mounts out of `spec` when the container
+    /// has its own user namespace, and opens each.
+    pub fn take_from(spec: &mut Spec) -> Result<Self, String> {
+        if !has_user_namespace(spec) {
+            return Ok(Self::default());
+        }
+        let Some(mounts) = spec.mounts().clone() else {
+            return Ok(Self::default());
+        };
+        let (binds, kept): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|m| {
+            m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind")
+        });
+        let linux = spec.linux().clone().unwrap_or_default();
+        let container_mappings = IdMappings::from_spec(
+            linux.uid_mappings().as_deref().unwrap_or_default(),
+            linux.gid_mappings().as_deref().unwrap_or_default(),
+        );
+        let mut detached = Vec::new();
+        for mount in &binds {
+            let source = mount.source().clone().ok_or_else(|| {
+                format!(
+                    "the bind mount at {} has no source",
+                    mount.destination().display()
+                )
+            })?;
+            let options = mount.options().clone().unwrap_or_default();
+            let has = |o: &str| options.iter().any(|x| x == o);
+            let path = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("{} holds a NUL byte", source.display()))?;
+            let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+            if has("rbind") {
+                flags |= libc::AT_RECURSIVE as libc::c_uint;
+            }
+            // SAFETY: open_tree with a valid path; a new descriptor or -1.
+            let tree =
+                unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+            if tree < 0 {
+                return Err(syscall_error("open it", &source));
+            }
+            // SAFETY: open_tree returned a descriptor we now own.
+            let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+            let mut attr_set = 0;
+            for (option, attr) in [
+                ("ro", libc::MOUNT_ATTR_RDONLY),
+                ("nosuid", libc::MOUNT_ATTR_NOSUID),
+                ("nodev", libc::MOUNT_ATTR_NODEV),
+                ("noexec", libc::MOUNT_ATTR_NOEXEC),
+            ] {
+                if has(option) {
+                    attr_set |= attr;
+                }
+            }
+            let propagation = if has("rshared") || has("shared") {
+                libc::MS_SHARED
+            } else if has("rslave") || has("slave") {
+                libc::MS_SLAVE
+            } else {
+                libc::MS_PRIVATE
+            };
+            // An idmapped mount (`idmap`, `ridmap`, or mappings of its
+            // own): its files owned as the mappings say, seen from inside.
+            let mount_mappings = IdMappings::from_spec(
+                mount.uid_mappings().as_deref().unwrap_or_default(),
+                mount.gid_mappings().as_deref().unwrap_or_default(),
+            );
+            let idmapped = has("idmap") || has("ridmap") || !mount_mappings.uids.is_empty();
+            let userns = if idmapped {
+                let mappings = if mount_mappings.uids.is_empty() {
+                    &container_mappings
+                } else {
+                    &mount_mappings
+                };
+                attr_set |= libc::MOUNT_ATTR_IDMAP;
+                Some(
+                    user_namespace(mappings)
+                        .map_err(|e| format!("the idmapped mount of {}: {e}", source.display()))?,
+                )
+            } else {
+                None
+            };
+            let attr = libc::mount_attr {
+                attr_set,
+                attr_clr: 0,
+                propagation,
+                userns_fd: userns.as_ref().map_or(0, |fd| fd.as_raw_fd() as u64),
+            };
+            let mut at = libc::AT_EMPTY_PATH;
+            if has("rbind") || has("ridmap") {
+                at |= libc::AT_RECURSIVE;
+            }
+            // SAFETY: mount_setattr on our detached tree with an attr of its size.
+            let set = unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    at,
+                    &attr as *const libc::mount_attr,
+                    std::mem::size_of::<libc::mount_attr>(),
+                )
+            };
+            if set < 0 {
+                return Err(syscall_error("set its flags", &source));
+            }
+            detached.push(DetachedBind {
+                destination: mount.destination().clone(),
+                is_dir: source.is_dir(),
+                tree,
+            });
+        }
+        spec.set_mounts(Some(kept));
+        Ok(Self(Mutex::new(detached)))
+    }
+
+    /// Helper side: makes each bind mount's mountpoint in the container's
+    /// root, mounted on the host at `rootfs`, while it is still writable
+    /// (libcontainer may make it read-only). One component at a time, never
+    /// following a link: a path through a link of the image is left to
+    /// [`DetachedBinds::attach`], which resolves it inside the container.
+    pub fn make_mountpoints(&self, rootfs: &std::path::Path) {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let binds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for bind in binds.iter() {
+            let Ok(root) =
+                nix::fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+            else {
+                return;
+            };
+            // SAFETY: open returned a descriptor we now own.
+            let mut dir = unsafe { OwnedFd::from_raw_fd(root) };
+            let parts: Vec<_> = bind
+                .destination
+                .components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(name) => Some(name),
+                    _ => None,
+                })
+                .collect();
+            let Some((last, parents)) = parts.split_last() else {
+                continue;
+            };
+            let mut reached = true;
+            for name in parents {
+                let _ = mkdirat(
+                    Some(dir.as_raw_fd()),
+                    *name,
+                    Mode::from_bits_truncate(0o755),
+                );
+                match openat(
+                    Some(dir.as_raw_fd()),
+                    *name,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    // SAFETY: openat returned a descriptor we now own.
+                    Ok(next) => dir = unsafe { OwnedFd::from_raw_fd(next) },
+                    Err(_) => {
+                        reached = false;
+                        break;
+                    }
+                }
+            }
+            if !reached {
+                continue;
+            }
+            if bind.is_dir {
+                let _ = mkdirat(
+                    Some(dir.as_raw_fd()),
+                    *last,
+                    Mode::from_bits_truncate(0o755),
+                );
+            } else if let Ok(file) = openat(
+                Some(dir.as_raw_fd()),
+                *last,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC
+                    | OFlag::O_WRONLY,
+                Mode::from_bits_truncate(0o644),
+            ) {
+                // SAFETY: closes the file openat just created.
+                unsafe { libc::close(file) };
+            }
+        }
+    }
+
+    /// Container side, in its root: moves each bind mount onto its
+    /// destination (made if missing), in the spec's order, and closes it.
+    pub fn attach(&self) -> Result<(), String> {
+        let binds = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for bind in binds {
+            let destination = &bind.destination;
+            let fail = |what: &str, e: &dyn std::fmt::Display| {
+                format!(
+                    "the bind mount at {}: cannot {what}: {e}",
+                    destination.display()
+                )
+            };
+            if bind.is_dir {
+                std::fs::create_dir_all(destination).map_err(|e| fail("make it", &e))?;
+            } else {
+                if let Some(parent) = destination.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| fail("make its directory", &e))?;
+                }
+                if !destination.exists() {
+                    std::fs::File::create(destination).map_err(|e| fail("make it", &e))?;
+                }
+            }
+            let target = std::ffi::CString::new(destination.as_os_str().as_encoded_bytes())
+                .map_err(|e| fail("name it", &e))?;
+            // SAFETY: move_mount of our detached tree onto an existing path.
+            let moved = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    bind.tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            if moved < 0 {
+                return Err(fail("mount it", &std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The descriptors it holds (inherited by the container's process).
+    pub fn descriptors(&self) -> Vec<i32> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|b| b.tree.as_raw_fd())
+            .collect()
+    }
+}
+
+/// Exec side, in the helper: the user namespace of the container's process
+/// `pid`, if the container has its own.
+pub fn container_user_namespace(spec: &Spec, pid: i32) -> Result<Option<OwnedFd>, String> {
+    if !has_user_namespace(spec) {
+        return Ok(None);
+    }
+    std::fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map(|file| Some(file.into()))
+        .map_err(|e| format!("cannot open the container's user namespace: {e}"))
+}
+
+/// Exec side, in its process before anything else: joins the container's
+/// user namespace and becomes the process's user there (with its
+/// capabilities kept, for the rest of the set-up; `confinement` drops them).
+pub fn join_user_namespace(namespace: &OwnedFd, spec: &Spec) -> Result<(), String> {
+    use libcontainer::syscall::syscall::create_syscall;
+    use nix::unistd::{Gid, Uid};
+    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot join the container's user namespace: {e}"))?;
+    let user = spec
+        .process()
+        .as_ref()
+        .map(|p| p.user().clone())
+        .unwrap_or_default();
+    let syscall = create_syscall();
+    if let Some(groups) = user.additional_gids().as_ref().filter(|g| !g.is_empty()) {
+        let groups: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
+        syscall
+            .set_groups(&groups)
+            .map_err(|e| format!("cannot set the exec's groups in its user namespace: {e}"))?;
+    }
+    syscall
+        .set_id(Uid::from_raw(user.uid()), Gid::from_raw(user.gid()))
+        .map_err(|e| format!("cannot become the exec's user in its user namespace: {e}"))?;
+    libcontainer::capabilities::reset_effective(syscall.as_ref())
+        .map_err(|e| format!("cannot keep the exec's capabilities: {e}"))
+}
