@@ -216,6 +216,24 @@ pub fn env_count(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Whether files under `dir` can be given through idmapped mounts (what a
+/// pod with its own user namespace needs of containerd's directories): not
+/// on tmpfs before Linux 6.3 (the cgroup v2 guest's /tmp, on 6.1).
+pub fn idmapped_mounts_under(dir: &Path) -> bool {
+    let filesystem = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let kernel = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    filesystem != "tmpfs" || kernel >= (6, 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::ContainerdVersion;

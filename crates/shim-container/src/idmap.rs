@@ -214,7 +214,16 @@ fn idmapped_copy(dir: &Path, userns: &OwnedFd, at: &Path) -> Result<(), String> 
         )
     };
     if set < 0 {
-        return Err(fail("map the IDs of"));
+        let error = std::io::Error::last_os_error();
+        let hint = if error.raw_os_error() == Some(libc::EINVAL) {
+            " (its filesystem cannot be idmapped with this kernel: tmpfs needs Linux 6.3 or later)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "cannot map the IDs of an idmapped mount of {}: {error}{hint}",
+            dir.display()
+        ));
     }
     let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{} holds a NUL byte", at.display()))?;

@@ -20,8 +20,9 @@
 //!   are not wasm);
 //! - shared: [`process`] (names, descriptors, children, log), [`state`]
 //!   (libcontainer's state and cleanup), [`bundle`] (the one reader of
-//!   `config.json`), [`rootfs`], [`cgroup`] (where the container's cgroup
-//!   is, its v2 stats), [`oom`].
+//!   `config.json`), [`rootfs`], [`userns`] (the bind mounts and execs of a
+//!   pod with its own user namespace), [`idmap`] (that pod's idmapped
+//!   layers and mounts), [`cgroup`] (where the container's cgroup is, its v2 stats), [`oom`].
 //!
 //! Where the node's cache lives is `shim_engine::NodeConfig`, read once per
 //! process and handed to the code server.

@@ -33,9 +33,10 @@ pub struct DetachedBind {
     is_dir: bool,
 }
 
-/// The container's bind mounts, until its process has attached them.
+/// The container's bind mounts, until its process has attached them, and
+/// the host IDs of its root (who owns the mountpoints made for them).
 #[derive(Debug, Default)]
-pub struct DetachedBinds(Mutex<Vec<DetachedBind>>);
+pub struct DetachedBinds(Mutex<Vec<DetachedBind>>, Option<(u32, u32)>);
 
 /// Whether the container gets a user namespace of its own (or joins its pod's).
 pub fn has_user_namespace(spec: &Spec) -> bool {
@@ -173,18 +174,34 @@ impl DetachedBinds {
             });
         }
         spec.set_mounts(Some(kept));
-        Ok(Self(Mutex::new(detached)))
+        let host_id = |ranges: &[crate::idmap::IdRange]| {
+            ranges.iter().find(|r| r.container == 0).map(|r| r.host)
+        };
+        let root = host_id(&container_mappings.uids).zip(host_id(&container_mappings.gids));
+        Ok(Self(Mutex::new(detached), root))
     }
 
     /// Helper side: makes each bind mount's mountpoint in the container's
     /// root, mounted on the host at `rootfs`, while it is still writable
-    /// (libcontainer may make it read-only). One component at a time, never
+    /// (libcontainer may make it read-only), owned by the container's root
+    /// as if it had made them. One component at a time, never
     /// following a link: a path through a link of the image is left to
     /// [`DetachedBinds::attach`], which resolves it inside the container.
     pub fn make_mountpoints(&self, rootfs: &std::path::Path) {
         use nix::fcntl::{openat, OFlag};
         use nix::sys::stat::{mkdirat, Mode};
         let binds = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = |dir: &OwnedFd, name: &std::ffi::OsStr| {
+            if let Some((uid, gid)) = self.1 {
+                let _ = nix::unistd::fchownat(
+                    Some(dir.as_raw_fd()),
+                    name,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                );
+            }
+        };
         for bind in binds.iter() {
             let Ok(root) =
                 nix::fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
@@ -206,11 +223,15 @@ impl DetachedBinds {
             };
             let mut reached = true;
             for name in parents {
-                let _ = mkdirat(
+                if mkdirat(
                     Some(dir.as_raw_fd()),
                     *name,
                     Mode::from_bits_truncate(0o755),
-                );
+                )
+                .is_ok()
+                {
+                    owner(&dir, name);
+                }
                 match openat(
                     Some(dir.as_raw_fd()),
                     *name,
@@ -229,11 +250,15 @@ impl DetachedBinds {
                 continue;
             }
             if bind.is_dir {
-                let _ = mkdirat(
+                if mkdirat(
                     Some(dir.as_raw_fd()),
                     *last,
                     Mode::from_bits_truncate(0o755),
-                );
+                )
+                .is_ok()
+                {
+                    owner(&dir, last);
+                }
             } else if let Ok(file) = openat(
                 Some(dir.as_raw_fd()),
                 *last,
@@ -246,6 +271,7 @@ impl DetachedBinds {
             ) {
                 // SAFETY: closes the file openat just created.
                 unsafe { libc::close(file) };
+                owner(&dir, last);
             }
         }
     }
