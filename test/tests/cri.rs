@@ -808,3 +808,75 @@ fn a_pod_with_its_own_user_namespace_runs_wasm_from_the_cache_and_native_sidecar
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[warm, first, pod, wasm, native]);
 }
+
+#[test]
+fn pod_stats_cover_a_wasm_pods_cgroup_and_its_containers() {
+    use shim_tests::environment::{cgroup_driver, containerd_version, CgroupDriver};
+    let version = containerd_version();
+    if (version.major, version.minor) < (1, 7) || cgroup_driver() != CgroupDriver::Cgroupfs {
+        eprintln!(
+            "containerd {version}: PodSandboxStats needs 1.7 and a cgroupfs pod parent here: nothing to test"
+        );
+        return;
+    }
+    let node = CriNode::start();
+    let mut pod_config = node.pod_config("podstats");
+    // kubelet's cgroupfs driver gives each pod a parent of its own.
+    let parent = format!(
+        "/wasmtime-test-pods/{}",
+        pod_config.metadata.as_ref().unwrap().uid
+    );
+    pod_config.linux.as_mut().unwrap().cgroup_parent = parent.clone();
+    // Removed as kubelet removes it, in every hierarchy; one that cannot be
+    // (not empty) is a container's cgroup left behind.
+    let remove_parent = || -> Vec<String> {
+        let mut left = Vec::new();
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .chain([std::path::PathBuf::from("/sys/fs/cgroup")]);
+        for hierarchy in hierarchies {
+            let dir = hierarchy.join(parent.trim_start_matches('/'));
+            if dir.exists() && std::fs::remove_dir(&dir).is_err() {
+                left.push(dir.display().to_string());
+            }
+            let _ = std::fs::remove_dir(hierarchy.join("wasmtime-test-pods"));
+        }
+        left
+    };
+    let pod = node.run_pod(&pod_config);
+    let wasm = node.start_container(
+        &pod,
+        &pod_config,
+        CriNode::container_config("spin", WASM_TEST, &["/wasitest.wasm", "loop"]),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pod_sandbox_id = pod.clone();
+    let stats = node.try_call(|mut c| async move {
+        c.pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest { pod_sandbox_id })
+            .await
+    });
+    node.stop_and_remove_pod(&pod);
+    node.assert_clean(&[pod.clone(), wasm.clone()]);
+    let left = remove_parent();
+    assert!(
+        left.is_empty(),
+        "cgroups left under the pod's parent: {left:?}"
+    );
+    let stats = stats.expect("PodSandboxStats");
+    let linux = stats.stats.and_then(|s| s.linux).expect("linux pod stats");
+    let value = |v: Option<k8s_cri::v1::UInt64Value>| v.map_or(0, |v| v.value);
+    let cpu = value(linux.cpu.and_then(|c| c.usage_core_nano_seconds));
+    let memory = value(linux.memory.and_then(|m| m.working_set_bytes));
+    assert!(cpu > 0 && memory > 0, "pod CPU {cpu} ns, memory {memory} B");
+    let container = linux
+        .containers
+        .iter()
+        .find(|c| c.attributes.as_ref().map(|a| a.id.as_str()) == Some(wasm.as_str()))
+        .expect("the wasm container among the pod's");
+    // Read a moment apart from the pod's, so not compared with it.
+    let container_cpu = value(container.cpu.and_then(|c| c.usage_core_nano_seconds));
+    assert!(container_cpu > 0, "the wasm container's CPU: {container:?}");
+}
