@@ -98,31 +98,18 @@ pub fn guest_root() -> Result<OwnedFd, String> {
         None::<&str>,
     )
     .map_err(|e| format!("cannot make the mounts private: {e}"))?;
-    let tree = clone_tree(c"/")?;
+    let tree = clone_tree(Path::new("/"))?;
     let scratch = SCRATCH
         .into_iter()
         .find(|dir| Path::new(dir.to_str().unwrap_or_default()).is_dir())
         .ok_or("the container has neither /dev nor /sys")?;
     let scratch_path = Path::new(scratch.to_str().unwrap_or_default());
     // Attached for a moment, so its mounts can be named and pruned.
-    // SAFETY: move_mount reads the two paths; the descriptor is ours.
-    let moved = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            scratch.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if moved < 0 {
-        return Err(format!("move_mount: {}", std::io::Error::last_os_error()));
-    }
+    crate::detached::place(&tree, scratch_path).map_err(|e| format!("move_mount: {e}"))?;
     // Pruned, then copied once more: a detached copy keeps its mounts
     // (unmounting the attached one would take them with it), and only the
     // descriptor leads to it.
-    let pruned = prune(scratch_path).and_then(|()| clone_tree(scratch));
+    let pruned = prune(scratch_path).and_then(|()| clone_tree(scratch_path));
     umount2(scratch_path, MntFlags::MNT_DETACH).map_err(|e| {
         format!(
             "cannot detach the guest's root from {}: {e}",
@@ -134,21 +121,8 @@ pub fn guest_root() -> Result<OwnedFd, String> {
 
 /// A detached copy of the mount tree at `path`, submounts included (an
 /// `O_PATH` descriptor of its root).
-fn clone_tree(path: &std::ffi::CStr) -> Result<OwnedFd, String> {
-    // SAFETY: open_tree reads the path and returns a new descriptor or -1.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint,
-        )
-    };
-    if tree < 0 {
-        return Err(format!("open_tree: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+fn clone_tree(path: &Path) -> Result<OwnedFd, String> {
+    crate::detached::clone_tree(path, true).map_err(|e| format!("open_tree: {e}"))
 }
 
 /// Removes the pseudo-filesystems and /proc, /sys, /dev from the copy of

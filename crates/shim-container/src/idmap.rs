@@ -13,12 +13,14 @@
 //! the overlay mount, then detached: the overlay holds on to them.
 
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{fork, pipe, read, write, ForkResult, Pid};
+
+use crate::detached;
 
 /// One range of an ID mapping: `size` IDs from `container` inside are
 /// `host` and on outside.
@@ -173,75 +175,28 @@ fn reap(child: Pid) {
 
 /// Mounts an idmapped copy of `dir` on `at`.
 fn idmapped_copy(dir: &Path, userns: &OwnedFd, at: &Path) -> Result<(), String> {
-    let fail = |what: &str| {
-        format!(
-            "cannot {what} an idmapped mount of {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        )
+    let fail = |what: &str, e: std::io::Error| {
+        format!("cannot {what} an idmapped mount of {}: {e}", dir.display())
     };
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} holds a NUL byte", dir.display()))?;
-    // SAFETY: open_tree with a valid path; the result is a new descriptor.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-        )
-    };
-    if tree < 0 {
-        return Err(fail("make"));
-    }
-    // SAFETY: open_tree returned a descriptor we now own.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let tree = detached::clone_tree(dir, false).map_err(|e| fail("make", e))?;
     let attr = libc::mount_attr {
         attr_set: libc::MOUNT_ATTR_IDMAP,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
-    // SAFETY: mount_setattr on our detached tree with a valid attr of its size.
-    let set = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if set < 0 {
-        let error = std::io::Error::last_os_error();
+    detached::set_attributes(&tree, &attr, false).map_err(|error| {
         let hint = if error.raw_os_error() == Some(libc::EINVAL) {
             " (its filesystem cannot be idmapped with this kernel: tmpfs needs Linux 6.3 or later)"
         } else {
             ""
         };
-        return Err(format!(
+        format!(
             "cannot map the IDs of an idmapped mount of {}: {error}{hint}",
             dir.display()
-        ));
-    }
-    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} holds a NUL byte", at.display()))?;
-    // SAFETY: move_mount of our detached tree onto an existing directory.
-    let moved = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
         )
-    };
-    if moved < 0 {
-        return Err(fail("place"));
-    }
-    Ok(())
+    })?;
+    detached::place(&tree, at).map_err(|e| fail("place", e))
 }
 
 /// The idmapped lower layers of one overlay mount, under `<dir>/<n>`;

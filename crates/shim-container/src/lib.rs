@@ -22,7 +22,8 @@
 //!   (libcontainer's state and cleanup), [`bundle`] (the one reader of
 //!   `config.json`), [`rootfs`], [`userns`] (the bind mounts and execs of a
 //!   pod with its own user namespace), [`idmap`] (that pod's idmapped
-//!   layers and mounts), [`cgroup`] (where the container's cgroup is, its v2 stats), [`oom`].
+//!   layers and mounts), [`detached`] (the new mount API's three calls),
+//!   [`cgroup`] (where the container's cgroup is, its v2 stats), [`oom`].
 //!
 //! Where the node's cache lives is `shim_engine::NodeConfig`, read once per
 //! process and handed to the code server.
@@ -36,6 +37,7 @@ pub mod cgroup;
 pub mod code;
 pub mod confinement;
 pub mod container;
+pub mod detached;
 pub mod diagnose;
 mod error;
 pub mod executor;

@@ -23,6 +23,7 @@ use std::sync::Mutex;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use crate::detached;
 use crate::idmap::{user_namespace, IdMappings};
 
 /// One bind mount, opened on the host.
@@ -50,14 +51,6 @@ pub fn has_user_namespace(spec: &Spec) -> bool {
         })
 }
 
-fn syscall_error(what: &str, source: &std::path::Path) -> String {
-    format!(
-        "the bind mount of {}: cannot {what}: {}",
-        source.display(),
-        std::io::Error::last_os_error()
-    )
-}
-
 impl DetachedBinds {
     /// Helper side: takes the bind mounts out of `spec` when the container
     /// has its own user namespace, and opens each.
@@ -80,7 +73,7 @@ impl DetachedBinds {
             linux.uid_mappings().as_deref().unwrap_or_default(),
             linux.gid_mappings().as_deref().unwrap_or_default(),
         );
-        let mut detached = Vec::new();
+        let mut binds_out = Vec::new();
         for mount in &binds {
             let source = mount.source().clone().ok_or_else(|| {
                 format!(
@@ -90,20 +83,12 @@ impl DetachedBinds {
             })?;
             let options = mount.options().clone().unwrap_or_default();
             let has = |o: &str| options.iter().any(|x| x == o);
-            let path = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())
-                .map_err(|_| format!("{} holds a NUL byte", source.display()))?;
-            let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-            if has("rbind") {
-                flags |= libc::AT_RECURSIVE as libc::c_uint;
-            }
-            // SAFETY: open_tree with a valid path; a new descriptor or -1.
-            let tree =
-                unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-            if tree < 0 {
-                return Err(syscall_error("open it", &source));
-            }
-            // SAFETY: open_tree returned a descriptor we now own.
-            let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+            let tree = detached::clone_tree(&source, has("rbind")).map_err(|e| {
+                format!(
+                    "the bind mount of {}: cannot open it: {e}",
+                    source.display()
+                )
+            })?;
             let mut attr_set = 0;
             for (option, attr) in [
                 ("ro", libc::MOUNT_ATTR_RDONLY),
@@ -149,25 +134,13 @@ impl DetachedBinds {
                 propagation,
                 userns_fd: userns.as_ref().map_or(0, |fd| fd.as_raw_fd() as u64),
             };
-            let mut at = libc::AT_EMPTY_PATH;
-            if has("rbind") || has("ridmap") {
-                at |= libc::AT_RECURSIVE;
-            }
-            // SAFETY: mount_setattr on our detached tree with an attr of its size.
-            let set = unsafe {
-                libc::syscall(
-                    libc::SYS_mount_setattr,
-                    tree.as_raw_fd(),
-                    c"".as_ptr(),
-                    at,
-                    &attr as *const libc::mount_attr,
-                    std::mem::size_of::<libc::mount_attr>(),
+            detached::set_attributes(&tree, &attr, has("rbind") || has("ridmap")).map_err(|e| {
+                format!(
+                    "the bind mount of {}: cannot set its flags: {e}",
+                    source.display()
                 )
-            };
-            if set < 0 {
-                return Err(syscall_error("set its flags", &source));
-            }
-            detached.push(DetachedBind {
+            })?;
+            binds_out.push(DetachedBind {
                 destination: mount.destination().clone(),
                 is_dir: source.is_dir(),
                 tree,
@@ -178,7 +151,7 @@ impl DetachedBinds {
             ranges.iter().find(|r| r.container == 0).map(|r| r.host)
         };
         let root = host_id(&container_mappings.uids).zip(host_id(&container_mappings.gids));
-        Ok(Self(Mutex::new(detached), root))
+        Ok(Self(Mutex::new(binds_out), root))
     }
 
     /// Helper side: makes each bind mount's mountpoint in the container's
@@ -298,22 +271,7 @@ impl DetachedBinds {
                     std::fs::File::create(destination).map_err(|e| fail("make it", &e))?;
                 }
             }
-            let target = std::ffi::CString::new(destination.as_os_str().as_encoded_bytes())
-                .map_err(|e| fail("name it", &e))?;
-            // SAFETY: move_mount of our detached tree onto an existing path.
-            let moved = unsafe {
-                libc::syscall(
-                    libc::SYS_move_mount,
-                    bind.tree.as_raw_fd(),
-                    c"".as_ptr(),
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    libc::MOVE_MOUNT_F_EMPTY_PATH,
-                )
-            };
-            if moved < 0 {
-                return Err(fail("mount it", &std::io::Error::last_os_error()));
-            }
+            detached::place(&bind.tree, destination).map_err(|e| fail("mount it", &e))?;
         }
         Ok(())
     }
