@@ -775,17 +775,9 @@ fn a_pod_with_its_own_user_namespace_runs_wasm_from_the_cache_and_native_sidecar
     assert_eq!(owner("/vol/data/note.txt").unwrap(), USERNS_HOST_ID);
     assert_eq!(owner("/vol").unwrap(), USERNS_HOST_ID);
     // An exec runs in the pod's user namespace too, and writes as its root.
-    let request = k8s_cri::v1::ExecSyncRequest {
-        container_id: wasm.clone(),
-        cmd: ["/wasitest.wasm", "write", "/written.txt"]
-            .map(String::from)
-            .to_vec(),
-        timeout: 20,
-    };
-    let exec = node.call(
-        "ExecSync",
-        |mut c| async move { c.exec_sync(request).await },
-    );
+    let exec = node
+        .exec_sync(&wasm, &["/wasitest.wasm", "write", "/written.txt"], 20)
+        .expect("ExecSync");
     assert_eq!(
         exec.exit_code,
         0,
@@ -793,17 +785,9 @@ fn a_pod_with_its_own_user_namespace_runs_wasm_from_the_cache_and_native_sidecar
         String::from_utf8_lossy(&exec.stdout)
     );
     assert_eq!(owner("/written.txt").unwrap(), USERNS_HOST_ID);
-    let request = k8s_cri::v1::ExecSyncRequest {
-        container_id: wasm.clone(),
-        cmd: ["/wasitest.wasm", "cat", "/vol/data/note.txt"]
-            .map(String::from)
-            .to_vec(),
-        timeout: 20,
-    };
-    let exec = node.call(
-        "ExecSync",
-        |mut c| async move { c.exec_sync(request).await },
-    );
+    let exec = node
+        .exec_sync(&wasm, &["/wasitest.wasm", "cat", "/vol/data/note.txt"], 20)
+        .expect("ExecSync");
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "from the host\n");
     node.stop_and_remove_pod(&pod);
     node.assert_clean(&[warm, first, pod, wasm, native]);

@@ -263,20 +263,6 @@ fn exec_runs_a_wasm_program_in_the_running_container() {
     c.assert_clean(&[&id, &tty]);
 }
 
-fn exec_sync(
-    node: &CriNode,
-    container: &str,
-    cmd: &[&str],
-    timeout: i64,
-) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
-    let request = k8s_cri::v1::ExecSyncRequest {
-        container_id: container.to_string(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout,
-    };
-    node.try_call(|mut c| async move { c.exec_sync(request).await })
-}
-
 /// kubelet's exec probes and `kubectl exec` through CRI ExecSync: into a wasm
 /// container (a wasm program) and into a native sidecar of the same pod (a
 /// native program, as runc runs it).
@@ -298,23 +284,26 @@ fn cri_exec_sync_serves_probes_in_wasm_and_native_containers() {
 
     // A readiness probe that fails until the app is ready, then succeeds.
     let probe = ["/wasitest.wasm", "cat", "/ready"];
-    let out = exec_sync(&node, &wasm, &probe, 10).expect("ExecSync");
+    let out = node.exec_sync(&wasm, &probe, 10).expect("ExecSync");
     assert_ne!(out.exit_code, 0, "not ready yet: {out:?}");
-    let out =
-        exec_sync(&node, &wasm, &["/wasitest.wasm", "write", "/ready"], 10).expect("ExecSync");
+    let out = node
+        .exec_sync(&wasm, &["/wasitest.wasm", "write", "/ready"], 10)
+        .expect("ExecSync");
     assert_eq!(out.exit_code, 0, "{out:?}");
-    let out = exec_sync(&node, &wasm, &probe, 10).expect("ExecSync");
+    let out = node.exec_sync(&wasm, &probe, 10).expect("ExecSync");
     assert_eq!(out.exit_code, 0, "ready: {out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "written by wasitest\n"
     );
-    let out = exec_sync(&node, &wasm, &["/wasitest.wasm", "exit", "3"], 10).expect("ExecSync");
+    let out = node
+        .exec_sync(&wasm, &["/wasitest.wasm", "exit", "3"], 10)
+        .expect("ExecSync");
     assert_eq!(out.exit_code, 3, "{out:?}");
 
     // A probe past its timeout: containerd kills the exec by its id.
     let started = Instant::now();
-    let timed_out = exec_sync(&node, &wasm, &["/wasitest.wasm", "sleep"], 1);
+    let timed_out = node.exec_sync(&wasm, &["/wasitest.wasm", "sleep"], 1);
     assert!(timed_out.is_err(), "{timed_out:?}");
     assert!(
         started.elapsed() < slow(Duration::from_secs(8)),
@@ -323,11 +312,13 @@ fn cri_exec_sync_serves_probes_in_wasm_and_native_containers() {
     );
 
     // A missing program is a clear error, not a hang.
-    let missing = exec_sync(&node, &wasm, &["/no-such.wasm"], 10);
+    let missing = node.exec_sync(&wasm, &["/no-such.wasm"], 10);
     let text = format!("{missing:?}");
     assert!(text.contains("/no-such.wasm"), "{text}");
 
-    let out = exec_sync(&node, &native, &["/native-hello", "probe"], 10).expect("ExecSync");
+    let out = node
+        .exec_sync(&native, &["/native-hello", "probe"], 10)
+        .expect("ExecSync");
     assert_eq!(out.exit_code, 0, "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -342,6 +342,22 @@ impl CriNode {
         Ok(())
     }
 
+    /// CRI ExecSync of `cmd` in `container`, as `kubectl exec` and exec
+    /// probes make it, bounded by `timeout` seconds.
+    pub fn exec_sync(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
+        let request = k8s_cri::v1::ExecSyncRequest {
+            container_id: container.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        self.try_call(|mut c| async move { c.exec_sync(request).await })
+    }
+
     /// `curl` from inside the node's network namespace, where the pod IPs
     /// are: starts it and returns the child (see [`http_response`]).
     pub fn http_request(&self, url: &str) -> Child {

@@ -22,19 +22,6 @@ fn with_seccomp(mut config: ContainerConfig, profile: SecurityProfile) -> Contai
     config
 }
 
-/// CRI ExecSync of `cmd` in `container`, as `kubectl exec` makes it.
-fn exec_sync(node: &CriNode, container: &str, cmd: &[&str]) -> k8s_cri::v1::ExecSyncResponse {
-    let request = k8s_cri::v1::ExecSyncRequest {
-        container_id: container.to_string(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout: 60,
-    };
-    node.call(
-        "ExecSync",
-        |mut c| async move { c.exec_sync(request).await },
-    )
-}
-
 /// A pod sharing its PID namespace (`shareProcessNamespace: true`): a wasm
 /// container and a native sidecar, both under RuntimeDefault. The sidecar
 /// (`probe scan`, through CRI ExecSync, as `kubectl exec` would) goes through
@@ -70,7 +57,9 @@ fn a_sidecar_sharing_the_pid_namespace_reaches_nothing_of_the_wasm_container() {
     let attacker = node.start_container(&pod, &pod_config, attacker);
     let mut problems = Vec::new();
 
-    let out = exec_sync(&node, &attacker, &["/probe", "scan", basename, &marker]);
+    let out = node
+        .exec_sync(&attacker, &["/probe", "scan", basename, &marker], 60)
+        .expect("ExecSync");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     show("probe scan", &stdout);
@@ -90,7 +79,9 @@ fn a_sidecar_sharing_the_pid_namespace_reaches_nothing_of_the_wasm_container() {
     }
 
     // ExecSync into the sidecar: the exec's own view of its confinement.
-    let out = exec_sync(&node, &attacker, &["/probe", "status"]);
+    let out = node
+        .exec_sync(&attacker, &["/probe", "status"], 60)
+        .expect("ExecSync");
     assert_eq!(out.exit_code, 0, "{out:?}");
     let of_exec = security_fields(&String::from_utf8_lossy(&out.stdout));
     let init = node.task_pid(&attacker).expect("the sidecar's pid");
