@@ -6,7 +6,8 @@
 //   probe scan <basename> <marker>   for every process it can see (a pod that
 //                                    shares its PID namespace shows it the wasm
 //                                    containers' processes): their descriptors,
-//                                    memory, environment, maps and root
+//                                    memory, environment, maps, mapped files
+//                                    (map_files) and root
 //
 // scan prints one line per attempt: `REACHED <what>` or `denied <what>: <why>`
 // (`seen` and `skip` lines only inform), then `scan done`. A directory
@@ -201,6 +202,30 @@ static void scan_pid(const char *pid, const char *basename) {
     try_read(who, path);
     snprintf(path, sizeof path, "%s/maps", proc);
     try_read(who, path);
+    // Every mapped file by its range (the wasm process maps its code and
+    // the page it shares with the shim, its memory budget): open each.
+    snprintf(path, sizeof path, "%s/map_files", proc);
+    DIR *maps = opendir(path);
+    if (!maps) {
+        snprintf(what, sizeof what, "list %s", path);
+        denied(who, what, strerror(errno));
+    } else {
+        struct dirent *m;
+        errno = 0;
+        while ((m = readdir(maps))) {
+            if (m->d_name[0] == '.') continue;
+            char mapped[400];
+            snprintf(mapped, sizeof mapped, "%s/map_files/%s", proc, m->d_name);
+            try_open(who, "open-rw", mapped, O_RDWR);
+            try_open(who, "open", mapped, O_RDONLY);
+            errno = 0;
+        }
+        // Listing it takes the right to read the process's mappings.
+        snprintf(what, sizeof what, "list %s", path);
+        if (errno)
+            denied(who, what, strerror(errno));
+        closedir(maps);
+    }
     snprintf(path, sizeof path, "%s/root", proc);
     DIR *root = opendir(path);
     snprintf(what, sizeof what, "list %s", path);
