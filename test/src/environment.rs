@@ -74,7 +74,8 @@ pub enum CgroupDriver {
     /// cgroupfs paths (`/k8s.io/<id>`, `/default/<id>`), written directly.
     Cgroupfs,
     /// systemd units: CRI pods get kubelet's `*.slice` parent and
-    /// `SystemdCgroup = true`, so each container is a `cri-containerd-<id>.scope`;
+    /// runc `SystemdCgroup = true` (the shim follows the path), so each
+    /// container is a `cri-containerd-<id>.scope`;
     /// ctr's containers get `--cgroup system.slice:wasmtime-test:<id>`.
     Systemd,
 }

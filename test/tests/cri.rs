@@ -714,7 +714,8 @@ fn a_pod_with_its_own_user_namespace_runs_wasm_from_the_cache_and_native_sidecar
             .unwrap()
             .namespace_options,
     );
-    let pod = node.run_pod_with(&pod_config, shim_tests::cri::PLAIN_HANDLER);
+    // The `wasmtime` handler as the node installer writes it (no options table).
+    let pod = node.run_pod(&pod_config);
     // A volume of the host's root, at a path the image does not have.
     let volume = node.dir().join("volume");
     std::fs::create_dir_all(&volume).unwrap();

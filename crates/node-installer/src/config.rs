@@ -165,20 +165,30 @@ impl Config {
     }
 }
 
-/// What the `wasmtime` runtime entry must say.
+/// A `runc` entry to add beside the handler: needed when the runtimes map
+/// being written has no entry for the default runtime, because a configured
+/// map replaces containerd's built-in one and the CRI plugin then refuses to
+/// load.
 #[derive(Debug, Clone, Copy)]
-pub struct WasmtimeRuntime {
-    /// As the node's runc runtime: the shim then uses the same cgroup driver as kubelet.
+pub struct Runc {
+    /// The node's runc `SystemdCgroup`.
     pub systemd_cgroup: bool,
-    /// Also add `runc`: needed when the runtimes map being written has no
-    /// entry for the default runtime, because a configured map replaces
-    /// containerd's built-in one and the CRI plugin then refuses to load.
-    pub with_runc: bool,
 }
 
-/// Adds (or brings up to date) the `wasmtime` runtime in `doc`. Idempotent:
-/// applied to its own output it changes nothing.
-pub fn set_wasmtime_runtime(doc: &mut DocumentMut, version: Version, want: WasmtimeRuntime) {
+/// Adds (or brings up to date) the `wasmtime` runtime in `doc`, and `runc`
+/// if given and missing. Idempotent: applied to its own output it changes
+/// nothing.
+///
+/// The handler gets no `options` table: the shim takes the cgroup driver
+/// from the container's cgroups path, which containerd's CRI shapes after
+/// kubelet's pod parent (`slice:prefix:name` under a `.slice`), so it always
+/// matches kubelet's driver. A table would also stop containerd 2.x from
+/// running pods with their own user namespace on the handler: it sets their
+/// containers' I/O owner in runc's options type and refuses any other
+/// (docs/kubernetes.md, "User namespaces"). A `SystemdCgroup` that an
+/// earlier version of the installer wrote there is removed, and the table
+/// with it when nothing else is in it.
+pub fn set_wasmtime_runtime(doc: &mut DocumentMut, version: Version, runc: Option<Runc>) {
     let plugin = version.cri_plugin();
     let runtimes = table_path(
         doc.as_table_mut(),
@@ -187,11 +197,11 @@ pub fn set_wasmtime_runtime(doc: &mut DocumentMut, version: Version, want: Wasmt
     // New tables go right after the last table already under `runtimes`, so
     // the runtime appears next to runc in the file, not at its end.
     let anchor = last_position(runtimes);
-    if want.with_runc && !runtimes.contains_key("runc") {
+    if let Some(Runc { systemd_cgroup }) = runc.filter(|_| !runtimes.contains_key("runc")) {
         let runc = child_table(runtimes, "runc", anchor);
         set_if_changed(runc, "runtime_type", Value::from(RUNC_TYPE));
         let options = child_table(runc, "options", anchor);
-        set_if_changed(options, "SystemdCgroup", Value::from(want.systemd_cgroup));
+        set_if_changed(options, "SystemdCgroup", Value::from(systemd_cgroup));
     }
     let runtime = child_table(runtimes, HANDLER, anchor);
     set_if_changed(runtime, "runtime_type", Value::from(RUNTIME_TYPE));
@@ -206,8 +216,12 @@ pub fn set_wasmtime_runtime(doc: &mut DocumentMut, version: Version, want: Wasmt
             runtime.insert(key, Item::Value(Value::Array(list)));
         }
     }
-    let options = child_table(runtime, "options", anchor);
-    set_if_changed(options, "SystemdCgroup", Value::from(want.systemd_cgroup));
+    if let Some(options) = runtime.get_mut("options").and_then(Item::as_table_like_mut) {
+        options.remove("SystemdCgroup");
+        if options.is_empty() {
+            runtime.remove("options");
+        }
+    }
 }
 
 /// Adds `path` to the top-level `imports` list unless it is there already.
@@ -232,10 +246,10 @@ pub fn add_import(doc: &mut DocumentMut, path: &str) {
 }
 
 /// The text of a drop-in file holding only the `wasmtime` runtime.
-pub fn drop_in(version: Version, want: WasmtimeRuntime) -> String {
+pub fn drop_in(version: Version, runc: Option<Runc>) -> String {
     let mut doc = DocumentMut::new();
     doc.insert("version", toml_edit::value(version.number()));
-    set_wasmtime_runtime(&mut doc, version, want);
+    set_wasmtime_runtime(&mut doc, version, runc);
     format!(
         "# Written by containerd-wasmtime-installer: the runtime handler `wasmtime`\n\
          # (containerd-shim-wasmtime-v1). `containerd-wasmtime-installer uninstall` removes it.\n{doc}"
@@ -322,10 +336,7 @@ mod tests {
         assert_eq!(version, Version::V2);
         let runc = config.runtime(version, "runc").unwrap();
         assert_eq!(runc.systemd_cgroup, Some(true));
-        let want = WasmtimeRuntime {
-            systemd_cgroup: true,
-            with_runc: false,
-        };
+        let want = None;
         set_wasmtime_runtime(&mut config.doc, version, want);
         let text = config.to_text();
         assert!(text.starts_with(
@@ -339,7 +350,8 @@ mod tests {
         let again = Config::parse(Path::new("/c.toml"), &text).unwrap();
         let wasm = again.runtime(version, HANDLER).unwrap();
         assert_eq!(wasm.runtime_type.as_deref(), Some(RUNTIME_TYPE));
-        assert_eq!(wasm.systemd_cgroup, Some(true));
+        assert_eq!(wasm.systemd_cgroup, None, "no options table: {text}");
+        assert!(!text.contains("wasmtime.options"), "{text}");
         let mut twice = again.clone();
         set_wasmtime_runtime(&mut twice.doc, version, want);
         assert_eq!(twice.to_text(), text, "a second edit changes nothing");
@@ -352,10 +364,9 @@ mod tests {
         set_wasmtime_runtime(
             &mut config.doc,
             Version::V2,
-            WasmtimeRuntime {
-                systemd_cgroup: false,
-                with_runc: true,
-            },
+            Some(Runc {
+                systemd_cgroup: true,
+            }),
         );
         let edited = Config::parse(Path::new("/c.toml"), &config.to_text()).unwrap();
         assert_eq!(
@@ -366,18 +377,51 @@ mod tests {
                 .as_deref(),
             Some(RUNC_TYPE)
         );
+        assert_eq!(
+            edited.runtime(Version::V2, "runc").unwrap().systemd_cgroup,
+            Some(true)
+        );
         assert!(edited.runtime(Version::V2, HANDLER).is_some());
     }
 
     #[test]
-    fn version_three_uses_the_new_plugin_and_imports_are_appended_once() {
-        let drop = drop_in(
-            Version::V3,
-            WasmtimeRuntime {
-                systemd_cgroup: false,
-                with_runc: false,
-            },
+    fn an_earlier_installs_systemd_cgroup_is_removed_and_other_options_kept() {
+        let old = format!(
+            "{V2}    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n\
+             \x20     runtime_type = \"io.containerd.wasmtime.v1\"\n\
+             \x20     [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n\
+             \x20       SystemdCgroup = true\n"
         );
+        let want = None;
+        let mut config = Config::parse(Path::new("/c.toml"), &old).unwrap();
+        set_wasmtime_runtime(&mut config.doc, Version::V2, want);
+        let text = config.to_text();
+        assert!(!text.contains("wasmtime.options"), "{text}");
+        let runc = Config::parse(Path::new("/c.toml"), &text).unwrap();
+        assert_eq!(
+            runc.runtime(Version::V2, "runc").unwrap().systemd_cgroup,
+            Some(true)
+        );
+
+        let with_more = old.replace(
+            "SystemdCgroup = true\n",
+            "SystemdCgroup = true\n        ConfigPath = \"/etc/containerd/wasmtime.toml\"\n",
+        );
+        let mut config = Config::parse(Path::new("/c.toml"), &with_more).unwrap();
+        set_wasmtime_runtime(&mut config.doc, Version::V2, want);
+        let text = config.to_text();
+        assert!(text.contains("wasmtime.options]"), "{text}");
+        assert!(text.contains("ConfigPath"), "{text}");
+        assert_eq!(
+            text.matches("SystemdCgroup").count(),
+            1,
+            "runc's only: {text}"
+        );
+    }
+
+    #[test]
+    fn version_three_uses_the_new_plugin_and_imports_are_appended_once() {
+        let drop = drop_in(Version::V3, None);
         let config = Config::parse(Path::new("/d.toml"), &drop).unwrap();
         assert_eq!(config.version().unwrap(), Version::V3);
         assert!(

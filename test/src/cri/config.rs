@@ -23,11 +23,6 @@ pub const INLINE_HANDLER: &str = "wasmtime-inline";
 
 pub const BROKEN_HANDLER: &str = "wasmtime-broken";
 
-/// A handler without an options table: containerd 2.1 runs a container of
-/// a pod with its own user namespace only under one (it then sends runc's
-/// options, with the container's I/O owner, and fails on any other type).
-pub const PLAIN_HANDLER: &str = "wasmtime-plain";
-
 /// Writes the node's containerd config, CNI network and handler option
 /// files into `node_dir`.
 pub(super) fn write(node_dir: &Path, options: &NodeOptions) {
@@ -70,8 +65,11 @@ pub(super) fn write(node_dir: &Path, options: &NodeOptions) {
 
 /// The CRI node's config for containerd 1.6 and 1.7 (`version = 2`): one
 /// plugin, `io.containerd.grpc.v1.cri`, holds images, runtimes and CNI.
-/// `systemd`: `SystemdCgroup = true` for runc and this shim, as on a node
-/// whose kubelet uses the systemd cgroup driver (docs/kubernetes.md).
+/// `systemd`: `SystemdCgroup = true` for runc, as on a node whose kubelet
+/// uses the systemd cgroup driver (docs/kubernetes.md). [`HANDLER`] is what
+/// the node installer writes, with no options table: the shim follows the
+/// cgroups path's shape, and containerd 2.x runs a pod with its own user
+/// namespace only on a handler without one.
 fn config_v2(dir: &impl std::fmt::Display, systemd: bool) -> String {
     format!(
         r#"version = 2
@@ -99,9 +97,6 @@ state = "{dir}/state"
       runtime_type = "io.containerd.wasmtime.v1"
       pod_annotations = ["wasmtime.containerd.io/*"]
       container_annotations = ["wasmtime.containerd.io/*"]
-      # What the node installer writes.
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}.options]
-        SystemdCgroup = {systemd}
 {extra}"#,
         extra = extra_handlers(
             r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes"#,
@@ -148,9 +143,6 @@ state = "{dir}/state"
       runtime_type = "io.containerd.wasmtime.v1"
       pod_annotations = ["wasmtime.containerd.io/*"]
       container_annotations = ["wasmtime.containerd.io/*"]
-      # What the node installer writes.
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}.options]
-        SystemdCgroup = {systemd}
 {extra}"#,
         extra = extra_handlers(
             r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes"#,
@@ -175,8 +167,6 @@ fn extra_handlers(runtimes: &str, dir: &impl std::fmt::Display) -> String {
       runtime_type = "io.containerd.wasmtime.v1"
       [{runtimes}.{BROKEN_HANDLER}.options]
         ConfigPath = "{dir}/wasmtime-broken.toml"
-    [{runtimes}.{PLAIN_HANDLER}]
-      runtime_type = "io.containerd.wasmtime.v1"
 "#
     )
 }

@@ -27,7 +27,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use config::{BROKEN_HANDLER, GC_HANDLER, HANDLER, INLINE_HANDLER, PLAIN_HANDLER};
+pub use config::{BROKEN_HANDLER, GC_HANDLER, HANDLER, INLINE_HANDLER};
 pub use pods::{http_response, share_pid_namespace};
 
 use crate::images::images_dir;

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::SHIM;
-use crate::config::{self, Config, Version, WasmtimeRuntime, HANDLER, RUNTIME_TYPE};
+use crate::config::{self, Config, Runc, Version, HANDLER, RUNTIME_TYPE};
 use crate::flavour::{self, Kind, Node};
 use crate::host::Host;
 use crate::state::State;
@@ -62,19 +62,25 @@ fn foreign_wasmtime(
     Ok(None)
 }
 
-/// The node's runc `SystemdCgroup` (the last file setting it wins, as in
-/// containerd's merge), and whether any file configures `runc`.
-fn runc_settings(configs: &[Config], version: Version) -> (bool, bool) {
-    let runc: Vec<_> = configs
-        .iter()
-        .filter_map(|c| c.runtime(version, "runc"))
-        .collect();
-    let systemd = runc
+/// The node's runc `SystemdCgroup`: the last file setting it wins, as in
+/// containerd's merge.
+fn runc_systemd_cgroup(configs: &[Config], version: Version) -> bool {
+    configs
         .iter()
         .rev()
+        .filter_map(|c| c.runtime(version, "runc"))
         .find_map(|r| r.systemd_cgroup)
-        .unwrap_or(false);
-    (systemd, !runc.is_empty())
+        .unwrap_or(false)
+}
+
+/// `runc`, with the node's `SystemdCgroup`, when no file configures it and
+/// it is the default runtime: the runtimes map written would otherwise
+/// replace containerd's built-in one without it.
+fn runc_to_add(configs: &[Config], version: Version) -> Option<Runc> {
+    let has_runc = configs.iter().any(|c| c.runtime(version, "runc").is_some());
+    (!has_runc && default_is_runc(configs, version)).then(|| Runc {
+        systemd_cgroup: runc_systemd_cgroup(configs, version),
+    })
 }
 
 fn default_is_runc(configs: &[Config], version: Version) -> bool {
@@ -132,13 +138,7 @@ fn plan_containerd(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan
         .filter(|c| !state.created(&c.path))
         .cloned()
         .collect();
-    let (systemd_cgroup, has_runc) = runc_settings(&node_configs, version);
-    let with_runc = !has_runc && default_is_runc(&node_configs, version);
-    let want = WasmtimeRuntime {
-        systemd_cgroup,
-        with_runc,
-    };
-    log::info!("runc's SystemdCgroup = {systemd_cgroup}: the same for `{HANDLER}`");
+    let runc = runc_to_add(&node_configs, version);
     let writes = match version {
         Version::V2 => {
             // containerd 1.x takes a plugin's section from the last file that
@@ -159,7 +159,7 @@ fn plan_containerd(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan
                  import's, so a drop-in with only this runtime would drop the others)",
                 target.path.display()
             );
-            config::set_wasmtime_runtime(&mut target.doc, version, want);
+            config::set_wasmtime_runtime(&mut target.doc, version, runc);
             vec![(target.path.clone(), target.to_text())]
         }
         Version::V3 => {
@@ -184,7 +184,7 @@ fn plan_containerd(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan
                 .imports()
                 .iter()
                 .any(|i| flavour::import_covers(&node.config, i, &drop_in));
-            let mut writes = vec![(drop_in.clone(), config::drop_in(version, want))];
+            let mut writes = vec![(drop_in.clone(), config::drop_in(version, runc))];
             if imported {
                 log::info!(
                     "drop-in {} (imported by {})",
@@ -258,17 +258,14 @@ fn plan_k3s(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan, Error
             Config::parse(&template, &text)?
         }
     };
+    // The template replaces the rendered config: it needs `runc` if it has
+    // none, whatever the rendered one has.
     let configs = [rendered];
-    let (systemd_cgroup, _) = runc_settings(&configs, version);
-    let with_runc = base.runtime(version, "runc").is_none() && default_is_runc(&configs, version);
-    config::set_wasmtime_runtime(
-        &mut base.doc,
-        version,
-        WasmtimeRuntime {
-            systemd_cgroup,
-            with_runc,
-        },
-    );
+    let runc = (base.runtime(version, "runc").is_none() && default_is_runc(&configs, version))
+        .then(|| Runc {
+            systemd_cgroup: runc_systemd_cgroup(&configs, version),
+        });
+    config::set_wasmtime_runtime(&mut base.doc, version, runc);
     Ok(ConfigPlan {
         writes: vec![(template, base.to_text())],
         left_alone: None,
@@ -293,12 +290,8 @@ fn plan_in_place(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan, 
             socket: node.socket.clone(),
         });
     }
-    let (systemd_cgroup, has_runc) = runc_settings(&configs, version);
-    let want = WasmtimeRuntime {
-        systemd_cgroup,
-        with_runc: !has_runc && default_is_runc(&configs, version),
-    };
-    config::set_wasmtime_runtime(&mut config.doc, version, want);
+    let runc = runc_to_add(&configs, version);
+    config::set_wasmtime_runtime(&mut config.doc, version, runc);
     Ok(ConfigPlan {
         writes: vec![(node.config.clone(), config.to_text())],
         left_alone: None,
@@ -341,19 +334,8 @@ fn plan_k0s(host: &Host, node: &Node, state: &State) -> Result<ConfigPlan, Error
             socket: node.socket.clone(),
         });
     }
-    let node_configs: Vec<Config> = configs
-        .iter()
-        .filter(|c| !state.created(&c.path))
-        .cloned()
-        .collect();
-    let (systemd_cgroup, _) = runc_settings(&node_configs, version);
-    let text = config::drop_in(
-        version,
-        WasmtimeRuntime {
-            systemd_cgroup,
-            with_runc: false,
-        },
-    );
+    // k0s merges the drop-in into its own CRI config, which keeps runc.
+    let text = config::drop_in(version, None);
     Ok(ConfigPlan {
         writes: vec![(drop_in, text)],
         left_alone: None,
