@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use shim_tests::images::{HELLO, PAUSE, WASM_TEST};
@@ -36,9 +37,10 @@ fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
     elapsed.as_secs_f64() * 1000.0
 }
 
-/// PSS in KiB of every shim of this containerd and all their descendants.
-fn shim_tree_pss_kib(containerd: &Containerd) -> (u64, usize) {
-    let shims: Vec<i32> = shim_servers(&containerd.socket())
+/// PSS in KiB of every shim of the containerd at `socket` and all their
+/// descendants, and how many processes that is.
+pub(crate) fn shim_tree_pss_kib(socket: &Path) -> (u64, usize) {
+    let shims: Vec<i32> = shim_servers(socket)
         .into_iter()
         .map(|(pid, _)| pid)
         .collect();
@@ -103,7 +105,7 @@ pub(crate) fn resident_pss(
         assert_eq!(out.code, 0, "{} start failed: {out:?}", side.name());
     }
     std::thread::sleep(Duration::from_secs(2));
-    let (kib, processes) = shim_tree_pss_kib(containerd);
+    let (kib, processes) = shim_tree_pss_kib(&containerd.socket());
     for id in &ids {
         containerd.remove(id);
     }

@@ -17,12 +17,18 @@
 //! 3b. CRI pod start: RunPodSandbox + CreateContainer + StartContainer until
 //!    the container has exited, through containerd's CRI plugin (`BENCH_PODS`
 //!    pods per side, default 20): a wasm pod vs a runc pod with a static hello.
+//! 3c. Density: `BENCH_DENSITY` (default 100x10) pods of idle containers
+//!    through the CRI, all running at once, wasm vs runc: PSS of all shims
+//!    and what is under them, per pod and per container, and creation time.
 //! 4. Large component, cold vs cached: a Python wasi:http component (~18 MB,
 //!    CPython inside) started with an empty code cache, then with the code
 //!    cached; time to its first HTTP answer (`BENCH_COLD`, `BENCH_CACHED`).
 //! 5. wasi:http load: `wrk` on the same component served by this shim and by
 //!    `wasmtime serve` (`BENCH_WASMTIME`, the CLI of the same wasmtime
 //!    version), alternating rounds, for the C hello component and the Python one.
+//!
+//! `BENCH_ONLY` (a comma list of `ctr` = 1–3, `pods` = 3b, `density` = 3c,
+//! `http` = 4–5) runs only those parts, to measure one change quickly.
 //!
 //! The report (markdown) and a plot (SVG) go to `target/bench/`; the shim
 //! measured is the one in `SHIM_DIR` (`make bench` builds and points it at
@@ -43,8 +49,10 @@ use shim_tests::Containerd;
 
 use ctr::{resident_pss, throughput, timed_run};
 use report::{
-    http_report, plot, pods_report, report, spread, FirstAnswers, MemoryRow, ThroughputRow,
+    density_report, http_report, plot, pods_report, report, spread, FirstAnswers, MemoryRow,
+    ThroughputRow,
 };
+use shim_tests::cri::CriNode;
 
 /// The runtime of the side the shim is compared with.
 const RUNC: &str = "io.containerd.runc.v2";
@@ -76,8 +84,55 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Runs every measurement (see the header), then writes the report.
+/// Whether `part` is to run: every part unless `BENCH_ONLY` lists others.
+fn wanted(part: &str) -> bool {
+    std::env::var("BENCH_ONLY")
+        .ok()
+        .filter(|only| !only.trim().is_empty())
+        .is_none_or(|only| only.split(',').any(|p| p.trim() == part))
+}
+
+/// Runs the measurements (see the header), then writes the report.
 fn main() {
+    let mut report = String::new();
+    let mut plot_svg = None;
+    if wanted("ctr") || wanted("http") {
+        let containerd = Containerd::start_logging("info");
+        for image in [
+            "hello.tar",
+            "wasm-test.tar",
+            "pause.tar",
+            "hello-http.tar",
+            "python-http.tar",
+        ] {
+            containerd.import(image);
+        }
+        if wanted("ctr") {
+            let (text, svg) = through_ctr(&containerd);
+            report.push_str(&text);
+            plot_svg = Some(svg);
+        }
+        if wanted("http") {
+            report.push_str(&http_components(&containerd));
+        }
+    }
+    if wanted("pods") || wanted("density") {
+        report.push_str(&through_cri());
+    }
+    let out = shim_tests::workspace().join("target/bench");
+    fs::create_dir_all(&out).expect("target/bench");
+    fs::write(out.join("report.md"), &report).expect("write the report");
+    println!("{report}");
+    println!("(written to {}/report.md)", out.display());
+    if let Some(svg) = plot_svg {
+        fs::write(out.join("plot.svg"), svg).expect("plot");
+        println!("(and {}/plot.svg)", out.display());
+    }
+}
+
+/// 1–3: start, throughput and memory through `ctr`; the report's sections
+/// and the plot.
+fn through_ctr(containerd: &Containerd) -> (String, String) {
     let runs: usize = env_or("BENCH_RUNS", 20);
     let tasks: usize = env_or("BENCH_TASKS", 500);
     let counts: Vec<usize> = std::env::var("BENCH_COUNTS")
@@ -85,36 +140,23 @@ fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    let containerd = Containerd::start_logging("info");
-    let cold_runs: usize = env_or("BENCH_COLD", 3);
-    let cached_runs: usize = env_or("BENCH_CACHED", 5);
-    let wasmtime_cli = std::env::var("BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
-    for image in [
-        "hello.tar",
-        "wasm-test.tar",
-        "pause.tar",
-        "hello-http.tar",
-        "python-http.tar",
-    ] {
-        containerd.import(image);
-    }
     // Warm both paths once (page cache, snapshots), outside the measurement.
-    timed_run(&containerd, Side::Wasm);
-    timed_run(&containerd, Side::Runc);
+    timed_run(containerd, Side::Wasm);
+    timed_run(containerd, Side::Runc);
 
     eprintln!("start: {runs} × ctr run --rm, alternating");
     let (mut wasm, mut runc) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        wasm.push(timed_run(&containerd, Side::Wasm));
-        runc.push(timed_run(&containerd, Side::Runc));
+        wasm.push(timed_run(containerd, Side::Wasm));
+        runc.push(timed_run(containerd, Side::Runc));
     }
     let (wasm_start, runc_start) = (spread(&wasm), spread(&runc));
 
     eprintln!("throughput: {tasks} tasks in one pod");
     let mut rates = Vec::new();
     for parallelism in [1, 2, 8] {
-        let wasm = throughput(&containerd, Side::Wasm, tasks, parallelism);
-        let runc = throughput(&containerd, Side::Runc, tasks, parallelism);
+        let wasm = throughput(containerd, Side::Wasm, tasks, parallelism);
+        let runc = throughput(containerd, Side::Runc, tasks, parallelism);
         rates.push(ThroughputRow {
             parallelism,
             wasm,
@@ -126,8 +168,8 @@ fn main() {
     let mut memory = Vec::new();
     for &count in &counts {
         for one_pod in [false, true] {
-            let wasm = resident_pss(&containerd, Side::Wasm, count, one_pod);
-            let runc = resident_pss(&containerd, Side::Runc, count, one_pod);
+            let wasm = resident_pss(containerd, Side::Wasm, count, one_pod);
+            let runc = resident_pss(containerd, Side::Runc, count, one_pod);
             memory.push(MemoryRow {
                 count,
                 one_pod,
@@ -136,21 +178,27 @@ fn main() {
             });
         }
     }
+    (
+        report(runs, &wasm_start, &runc_start, tasks, &rates, &memory),
+        plot(&wasm_start, &runc_start, &memory),
+    )
+}
+
+/// 4–5: the large component cold and cached, and wasi:http load.
+fn http_components(containerd: &Containerd) -> String {
+    let cold_runs: usize = env_or("BENCH_COLD", 3);
+    let cached_runs: usize = env_or("BENCH_CACHED", 5);
+    let wasmtime_cli = std::env::var("BENCH_WASMTIME").unwrap_or_else(|_| "wasmtime".into());
     eprintln!("large component: first answer, cold cache vs cached");
     let python_size = fs::metadata(images_dir().join("python-http.wasm")).map_or(0, |m| m.len());
     let mut cold = Vec::new();
     let mut cached = Vec::new();
     for n in 0..cold_runs.max(cached_runs) {
         if n < cold_runs {
-            cold.push(http::first_response(&containerd, PYTHON_HTTP, 18_080, true));
+            cold.push(http::first_response(containerd, PYTHON_HTTP, 18_080, true));
         }
         if n < cached_runs {
-            cached.push(http::first_response(
-                &containerd,
-                PYTHON_HTTP,
-                18_080,
-                false,
-            ));
+            cached.push(http::first_response(containerd, PYTHON_HTTP, 18_080, false));
         }
     }
     let starts = FirstAnswers {
@@ -172,7 +220,7 @@ fn main() {
         ("hello (Python)", PYTHON_HTTP, "python-http.wasm"),
     ] {
         let row = http::requests_per_second(
-            &containerd,
+            containerd,
             &wasmtime_cli,
             image,
             &images_dir().join(file),
@@ -182,28 +230,36 @@ fn main() {
         );
         loads.push((name, row));
     }
-    drop(containerd);
+    http_report(&starts, cold_runs, cached_runs, &loads)
+}
 
-    let pods: usize = env_or("BENCH_PODS", 20);
-    eprintln!("CRI pod start: {pods} pods each, alternating");
-    let (wasm_pods, runc_pods) = pods::pod_starts(pods);
-    let (wasm_pods, runc_pods) = (spread(&wasm_pods), spread(&runc_pods));
-    eprintln!(
-        "  wasm {:.0} ms, runc {:.0} ms (median)",
-        wasm_pods.median, runc_pods.median
-    );
-
-    let mut report = report(runs, &wasm_start, &runc_start, tasks, &rates, &memory);
-    report.push_str(&pods_report(pods, &wasm_pods, &runc_pods));
-    report.push_str(&http_report(&starts, cold_runs, cached_runs, &loads));
-    let out = shim_tests::workspace().join("target/bench");
-    fs::create_dir_all(&out).expect("target/bench");
-    fs::write(out.join("report.md"), &report).expect("write the report");
-    fs::write(
-        out.join("plot.svg"),
-        plot(&wasm_start, &runc_start, &memory),
-    )
-    .expect("plot");
-    println!("{report}");
-    println!("(written to {0}/report.md and {0}/plot.svg)", out.display());
+/// 3b–3c: pod start and density through the CRI, on one CRI node.
+fn through_cri() -> String {
+    let node = CriNode::start();
+    let mut report = String::new();
+    if wanted("pods") {
+        let pods: usize = env_or("BENCH_PODS", 20);
+        eprintln!("CRI pod start: {pods} pods each, alternating");
+        let (wasm_pods, runc_pods) = pods::pod_starts(&node, pods);
+        let (wasm_pods, runc_pods) = (spread(&wasm_pods), spread(&runc_pods));
+        eprintln!(
+            "  wasm {:.0} ms, runc {:.0} ms (median)",
+            wasm_pods.median, runc_pods.median
+        );
+        report.push_str(&pods_report(pods, &wasm_pods, &runc_pods));
+    }
+    if wanted("density") {
+        let (pods, per_pod) = std::env::var("BENCH_DENSITY")
+            .ok()
+            .and_then(|v| {
+                let (p, c) = v.split_once('x')?;
+                Some((p.trim().parse().ok()?, c.trim().parse().ok()?))
+            })
+            .unwrap_or((100, 10));
+        eprintln!("density: {pods} pods × {per_pod} idle containers through the CRI");
+        let wasm = pods::density(&node, "wasmtime", pods, per_pod);
+        let runc = pods::density(&node, "runc", pods, per_pod);
+        report.push_str(&density_report(pods, per_pod, &wasm, &runc));
+    }
+    report
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{http, Side};
+use super::{http, pods, Side};
 
 /// Nearest-rank percentile of sorted `values`.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -149,6 +149,45 @@ pub(crate) fn pods_report(pods: usize, wasm: &Spread, runc: &Spread) -> String {
         r,
         "\nwasm / runc median: **{:.2}**\n",
         wasm.median / runc.median
+    );
+    r
+}
+
+/// The report's density section: N pods of K idle containers, all at once.
+pub(crate) fn density_report(
+    pods: usize,
+    per_pod: usize,
+    wasm: &pods::Density,
+    runc: &pods::Density,
+) -> String {
+    let mut r = String::new();
+    let containers = (pods * per_pod) as f64;
+    let _ = writeln!(
+        r,
+        "\n### Density: {pods} pods × {per_pod} idle containers through the CRI, all running\n"
+    );
+    let _ = writeln!(
+        r,
+        "| | PSS of all shims, MiB | processes | MiB per pod (sandbox, shim) | MiB per container | pods created in s | containers started in s |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|");
+    for (name, d) in [("wasm (wasmtime handler)", wasm), ("runc", runc)] {
+        let _ = writeln!(
+            r,
+            "| {name} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            d.total_mib,
+            d.processes,
+            d.pods_mib / pods as f64,
+            (d.total_mib - d.pods_mib) / containers,
+            d.pods_secs,
+            d.containers_secs
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nwasm / runc PSS: **{:.2}** ({:.2} GB for the wasm side)\n",
+        wasm.total_mib / runc.total_mib,
+        wasm.total_mib * 1024.0 * 1024.0 / 1e9
     );
     r
 }
