@@ -55,6 +55,7 @@ fn run_on_a_fresh_node(handler: &str, focus: &str, out: &std::path::Path) -> Out
     let binary = critest::binary();
     let node = CriNode::start_with(NodeOptions {
         registry_hosts: true,
+        ..Default::default()
     });
     let registry = Registry::start(Some(node.netns()));
     let images = node.dir().join("critest-images");
@@ -103,6 +104,7 @@ fn run_on_a_fresh_node(handler: &str, focus: &str, out: &std::path::Path) -> Out
 fn run_again_on_a_fresh_node(names: &[String], out: &std::path::Path) -> critest::Run {
     let node = CriNode::start_with(NodeOptions {
         registry_hosts: true,
+        ..Default::default()
     });
     let registry = Registry::start(Some(node.netns()));
     let images = node.dir().join("critest-images");

@@ -43,6 +43,17 @@ pub(super) fn write(node_dir: &Path, options: &NodeOptions) {
     } else {
         config_v2(&dir, systemd)
     };
+    let cri_runtime = if v2 {
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    };
+    for (name, binary) in &options.binary_handlers {
+        config.push_str(&format!(
+            "[plugins.\"{cri_runtime}\".containerd.runtimes.{name}]\n  runtime_type = \"{}\"\n",
+            binary.display()
+        ));
+    }
     if options.registry_hosts {
         let images = if v2 {
             "io.containerd.cri.v1.images"

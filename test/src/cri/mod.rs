@@ -43,6 +43,9 @@ pub struct NodeOptions {
     /// test can serve an upstream registry's images from a local registry
     /// under their upstream names ([`CriNode::mirror_registry`]).
     pub registry_hosts: bool,
+    /// More handlers, each with a shim binary's absolute path as its
+    /// `runtime_type` (as containerd allows): `make bench`'s no-op floor.
+    pub binary_handlers: Vec<(String, PathBuf)>,
 }
 
 /// A CRI node; see the module's header.

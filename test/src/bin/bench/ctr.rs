@@ -26,9 +26,11 @@ fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
     if let Some(annotation) = &annotation {
         args.extend(["--annotation", annotation]);
     }
+    let noop = super::noop_shim().display().to_string();
     match side {
         Side::Wasm => args.extend(["--runtime", RUNTIME, HELLO, &id]),
         Side::Runc => args.extend(["--runtime", RUNC, WASM_TEST, &id, "/native-hello"]),
+        Side::Floor => args.extend(["--runtime", &noop, HELLO, &id]),
     }
     let started = Instant::now();
     let out = containerd.ctr(&args);
@@ -100,6 +102,7 @@ pub(crate) fn resident_pss(
                 "sleep",
             ]),
             Side::Runc => args.extend(["--runtime", RUNC, PAUSE, id]),
+            Side::Floor => unreachable!("the no-op shim holds no memory worth measuring"),
         }
         let out = containerd.ctr(&args);
         assert_eq!(out.code, 0, "{} start failed: {out:?}", side.name());
@@ -128,9 +131,11 @@ pub(crate) fn throughput(
     let pod = unique_id("bench-pod");
     let sandbox = unique_id("bench-sandbox");
     let annotation = format!("{SANDBOX_ANNOTATION}={pod}");
+    let noop = super::noop_shim().display().to_string();
     let runtime = match side {
         Side::Wasm => RUNTIME,
         Side::Runc => RUNC,
+        Side::Floor => &noop,
     };
     let out = containerd.ctr(&[
         "run",

@@ -43,6 +43,7 @@ mod pods;
 mod report;
 
 use std::fs;
+use std::path::PathBuf;
 
 use shim_tests::images::{images_dir, HELLO_HTTP, PYTHON_HTTP};
 use shim_tests::Containerd;
@@ -52,7 +53,7 @@ use report::{
     density_report, http_report, plot, pods_report, report, spread, FirstAnswers, MemoryRow,
     ThroughputRow,
 };
-use shim_tests::cri::CriNode;
+use shim_tests::cri::{CriNode, NodeOptions};
 
 /// The runtime of the side the shim is compared with.
 const RUNC: &str = "io.containerd.runc.v2";
@@ -60,11 +61,13 @@ const RUNC: &str = "io.containerd.runc.v2";
 /// The annotation that groups tasks into a pod (one shim), as CRI sets it.
 const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// Which side of an A/B pair a measurement is.
+/// Which side of an A/B pair a measurement is, or the floor both stand on.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     Wasm,
     Runc,
+    /// The no-op shim: containerd's, `ctr`'s and the shim protocol's share.
+    Floor,
 }
 
 impl Side {
@@ -72,8 +75,22 @@ impl Side {
         match self {
             Side::Wasm => "wasm (this shim)",
             Side::Runc => "runc",
+            Side::Floor => "no-op shim (floor)",
         }
     }
+}
+
+/// `containerd-shim-noop-v1`, built beside this binary (`make build`),
+/// which containerd runs by its absolute path.
+fn noop_shim() -> PathBuf {
+    let exe = std::env::current_exe().expect("the bench's path");
+    let shim = exe.with_file_name("containerd-shim-noop-v1");
+    assert!(
+        shim.is_file(),
+        "{} is missing: `make build` builds it",
+        shim.display()
+    );
+    shim
 }
 
 /// The environment variable `name`, parsed, else `default`.
@@ -98,13 +115,11 @@ fn main() {
     let mut plot_svg = None;
     if wanted("ctr") || wanted("http") {
         let containerd = Containerd::start_logging("info");
-        for image in [
-            "hello.tar",
-            "wasm-test.tar",
-            "pause.tar",
-            "hello-http.tar",
-            "python-http.tar",
-        ] {
+        let mut images = vec!["hello.tar", "wasm-test.tar", "pause.tar"];
+        if wanted("http") {
+            images.extend(["hello-http.tar", "python-http.tar"]);
+        }
+        for image in images {
             containerd.import(image);
         }
         if wanted("ctr") {
@@ -140,27 +155,31 @@ fn through_ctr(containerd: &Containerd) -> (String, String) {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    // Warm both paths once (page cache, snapshots), outside the measurement.
-    timed_run(containerd, Side::Wasm);
-    timed_run(containerd, Side::Runc);
+    // Warm every path once (page cache, snapshots), outside the measurement.
+    let sides = [Side::Wasm, Side::Runc, Side::Floor];
+    for side in sides {
+        timed_run(containerd, side);
+    }
 
     eprintln!("start: {runs} × ctr run --rm, alternating");
-    let (mut wasm, mut runc) = (Vec::new(), Vec::new());
+    let mut starts = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..runs {
-        wasm.push(timed_run(containerd, Side::Wasm));
-        runc.push(timed_run(containerd, Side::Runc));
+        for (n, side) in sides.into_iter().enumerate() {
+            starts[n].push(timed_run(containerd, side));
+        }
     }
-    let (wasm_start, runc_start) = (spread(&wasm), spread(&runc));
+    let [wasm_start, runc_start, floor_start] = starts.map(|s| spread(&s));
 
     eprintln!("throughput: {tasks} tasks in one pod");
     let mut rates = Vec::new();
     for parallelism in [1, 2, 8] {
-        let wasm = throughput(containerd, Side::Wasm, tasks, parallelism);
-        let runc = throughput(containerd, Side::Runc, tasks, parallelism);
+        let [wasm, runc, floor] =
+            sides.map(|side| throughput(containerd, side, tasks, parallelism));
         rates.push(ThroughputRow {
             parallelism,
             wasm,
             runc,
+            floor,
         });
     }
 
@@ -179,7 +198,13 @@ fn through_ctr(containerd: &Containerd) -> (String, String) {
         }
     }
     (
-        report(runs, &wasm_start, &runc_start, tasks, &rates, &memory),
+        report(
+            runs,
+            [&wasm_start, &runc_start, &floor_start],
+            tasks,
+            &rates,
+            &memory,
+        ),
         plot(&wasm_start, &runc_start, &memory),
     )
 }
@@ -235,18 +260,20 @@ fn http_components(containerd: &Containerd) -> String {
 
 /// 3b–3c: pod start and density through the CRI, on one CRI node.
 fn through_cri() -> String {
-    let node = CriNode::start();
+    let node = CriNode::start_with(NodeOptions {
+        binary_handlers: vec![(pods::NOOP.into(), noop_shim())],
+        ..Default::default()
+    });
     let mut report = String::new();
     if wanted("pods") {
         let pods: usize = env_or("BENCH_PODS", 20);
         eprintln!("CRI pod start: {pods} pods each, alternating");
-        let (wasm_pods, runc_pods) = pods::pod_starts(&node, pods);
-        let (wasm_pods, runc_pods) = (spread(&wasm_pods), spread(&runc_pods));
+        let starts = pods::pod_starts(&node, pods).map(|s| spread(&s));
         eprintln!(
-            "  wasm {:.0} ms, runc {:.0} ms (median)",
-            wasm_pods.median, runc_pods.median
+            "  wasm {:.0} ms, runc {:.0} ms, no-op {:.0} ms (median)",
+            starts[0].median, starts[1].median, starts[2].median
         );
-        report.push_str(&pods_report(pods, &wasm_pods, &runc_pods));
+        report.push_str(&pods_report(pods, [&starts[0], &starts[1], &starts[2]]));
     }
     if wanted("density") {
         let (pods, per_pod) = std::env::var("BENCH_DENSITY")

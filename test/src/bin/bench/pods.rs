@@ -19,13 +19,17 @@ use shim_tests::unique_id;
 
 use super::ctr::shim_tree_pss_kib;
 
+/// The CRI handler of the no-op shim, the floor of a pod start.
+pub(crate) const NOOP: &str = "noop";
+
 /// One pod from RunPodSandbox until its container has exited, in ms.
 fn pod_start(node: &CriNode, handler: &str) -> f64 {
     let name = unique_id("bench-pod");
     let config = node.pod_config(&name);
     let command: &[&str] = match handler {
-        "runc" => &["/native-hello"],
-        _ => &["/wasitest.wasm"],
+        "wasmtime" => &["/wasitest.wasm"],
+        // The no-op shim runs nothing; runc the static hello.
+        _ => &["/native-hello"],
     };
     let began = Instant::now();
     let pod = node.run_pod_with(&config, handler);
@@ -49,17 +53,21 @@ fn pod_start(node: &CriNode, handler: &str) -> f64 {
     elapsed
 }
 
-/// `pods` pod starts per handler, alternating; (wasm ms, runc ms).
-pub fn pod_starts(node: &CriNode, pods: usize) -> (Vec<f64>, Vec<f64>) {
-    // Warm both paths once (snapshots, CNI), outside the measurement.
-    pod_start(node, "wasmtime");
-    pod_start(node, "runc");
-    let (mut wasm, mut runc) = (Vec::new(), Vec::new());
-    for _ in 0..pods {
-        wasm.push(pod_start(node, "wasmtime"));
-        runc.push(pod_start(node, "runc"));
+/// `pods` pod starts per handler, alternating: ms of wasm, runc and the
+/// no-op shim's pods.
+pub fn pod_starts(node: &CriNode, pods: usize) -> [Vec<f64>; 3] {
+    let handlers = ["wasmtime", "runc", NOOP];
+    // Warm every path once (snapshots, CNI), outside the measurement.
+    for handler in handlers {
+        pod_start(node, handler);
     }
-    (wasm, runc)
+    let mut starts = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..pods {
+        for (n, handler) in handlers.into_iter().enumerate() {
+            starts[n].push(pod_start(node, handler));
+        }
+    }
+    starts
 }
 
 /// What N pods of K idle containers cost one handler.

@@ -34,6 +34,32 @@ pub(crate) struct ThroughputRow {
     pub(crate) parallelism: usize,
     pub(crate) wasm: f64,
     pub(crate) runc: f64,
+    /// The no-op shim's: the most containerd and `ctr` allow.
+    pub(crate) floor: f64,
+}
+
+/// Rows of start times (wasm, runc, the no-op floor), then the ratio and
+/// each side's time above the floor, which is what a runtime can cut.
+fn start_table(r: &mut String, names: [&str; 3], [wasm, runc, floor]: [&Spread; 3]) {
+    let _ = writeln!(r, "| | median ms | p10 ms | p90 ms |");
+    let _ = writeln!(r, "|---|---|---|---|");
+    for (name, s) in names.into_iter().zip([wasm, runc, floor]) {
+        let _ = writeln!(
+            r,
+            "| {name} | {:.0} | {:.0} | {:.0} |",
+            s.median, s.p10, s.p90
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nwasm / runc median: **{:.2}**; above the no-op floor: wasm {:.0} ms, runc {:.0} ms \
+         (**{:.2}**); the floor is {:.2} of runc's time\n",
+        wasm.median / runc.median,
+        wasm.median - floor.median,
+        runc.median - floor.median,
+        (wasm.median - floor.median) / (runc.median - floor.median),
+        floor.median / runc.median
+    );
 }
 
 /// MiB of PSS with `count` idle containers, separate or in one pod.
@@ -56,8 +82,7 @@ pub(crate) struct FirstAnswers {
 /// The report's start, throughput and memory sections.
 pub(crate) fn report(
     runs: usize,
-    wasm: &Spread,
-    runc: &Spread,
+    starts: [&Spread; 3],
     tasks: usize,
     rates: &[ThroughputRow],
     memory: &[MemoryRow],
@@ -67,37 +92,32 @@ pub(crate) fn report(
         r,
         "### Start: `ctr run --rm` to exit, {runs} runs each, alternating\n"
     );
-    let _ = writeln!(r, "| | median ms | p10 ms | p90 ms |");
-    let _ = writeln!(r, "|---|---|---|---|");
-    for (side, s) in [(Side::Wasm, wasm), (Side::Runc, runc)] {
-        let _ = writeln!(
-            r,
-            "| {} | {:.0} | {:.0} | {:.0} |",
-            side.name(),
-            s.median,
-            s.p10,
-            s.p90
-        );
-    }
-    let _ = writeln!(
-        r,
-        "\nwasm / runc median: **{:.2}**\n",
-        wasm.median / runc.median
+    start_table(
+        &mut r,
+        [Side::Wasm.name(), Side::Runc.name(), Side::Floor.name()],
+        starts,
     );
     let _ = writeln!(
         r,
         "### Throughput: {tasks} tasks (`ctr run --rm`) in one pod, tasks per second\n"
     );
-    let _ = writeln!(r, "| at a time | wasm | runc | wasm / runc |");
-    let _ = writeln!(r, "|---|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| at a time | wasm | runc | wasm / runc | no-op shim (ceiling) | ms per task above the no-op's: wasm / runc |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|");
     for row in rates {
+        let above = |rate: f64| 1000.0 / rate - 1000.0 / row.floor;
         let _ = writeln!(
             r,
-            "| {} | {:.1} | {:.1} | **{:.2}** |",
+            "| {} | {:.1} | {:.1} | **{:.2}** | {:.1} | {:.1} / {:.1} |",
             row.parallelism,
             row.wasm,
             row.runc,
-            row.wasm / row.runc
+            row.wasm / row.runc,
+            row.floor,
+            above(row.wasm),
+            above(row.runc)
         );
     }
     let _ = writeln!(
@@ -130,25 +150,20 @@ pub(crate) fn report(
 }
 
 /// The report's CRI pod start section.
-pub(crate) fn pods_report(pods: usize, wasm: &Spread, runc: &Spread) -> String {
+pub(crate) fn pods_report(pods: usize, starts: [&Spread; 3]) -> String {
     let mut r = String::new();
     let _ = writeln!(
         r,
         "\n### CRI pod start: RunPodSandbox until the hello container has exited, {pods} pods each, alternating\n"
     );
-    let _ = writeln!(r, "| | median ms | p10 ms | p90 ms |");
-    let _ = writeln!(r, "|---|---|---|---|");
-    for (name, s) in [("wasm pod (wasmtime handler)", wasm), ("runc pod", runc)] {
-        let _ = writeln!(
-            r,
-            "| {name} | {:.0} | {:.0} | {:.0} |",
-            s.median, s.p10, s.p90
-        );
-    }
-    let _ = writeln!(
-        r,
-        "\nwasm / runc median: **{:.2}**\n",
-        wasm.median / runc.median
+    start_table(
+        &mut r,
+        [
+            "wasm pod (wasmtime handler)",
+            "runc pod",
+            "no-op shim pod (floor)",
+        ],
+        starts,
     );
     r
 }
