@@ -2,7 +2,7 @@
 //! the time of one `ctr run --rm`, tasks per second through one pod's shim,
 //! and the PSS of the shims (and all under them) with idle containers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,9 +39,32 @@ fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
     elapsed.as_secs_f64() * 1000.0
 }
 
-/// PSS in KiB of every shim of the containerd at `socket` and all their
-/// descendants, and how many processes that is.
-pub(crate) fn shim_tree_pss_kib(socket: &Path) -> (u64, usize) {
+/// The PSS of every shim of a containerd and all their descendants.
+#[derive(Default)]
+pub(crate) struct Tree {
+    pub(crate) kib: u64,
+    pub(crate) processes: usize,
+    /// KiB and process count by process name (`comm`).
+    pub(crate) by_name: BTreeMap<String, (u64, usize)>,
+}
+
+impl Tree {
+    /// "name: n × MiB each" for each process name, largest share first.
+    pub(crate) fn breakdown(&self) -> String {
+        let mut names: Vec<_> = self.by_name.iter().collect();
+        names.sort_by_key(|(_, (kib, _))| std::cmp::Reverse(*kib));
+        names
+            .into_iter()
+            .map(|(name, (kib, n))| {
+                format!("{name} {n} × {:.2} MiB", *kib as f64 / 1024.0 / *n as f64)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The [`Tree`] of the shims of the containerd at `socket`.
+pub(crate) fn shim_tree(socket: &Path) -> Tree {
     let shims: Vec<i32> = shim_servers(socket)
         .into_iter()
         .map(|(pid, _)| pid)
@@ -60,8 +83,7 @@ pub(crate) fn shim_tree_pss_kib(socket: &Path) -> (u64, usize) {
             children.entry(ppid).or_default().push(pid);
         }
     }
-    let mut total = 0;
-    let mut count = 0;
+    let mut tree = Tree::default();
     let mut stack = shims;
     while let Some(pid) = stack.pop() {
         let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -70,11 +92,15 @@ pub(crate) fn shim_tree_pss_kib(socket: &Path) -> (u64, usize) {
             .find_map(|l| l.strip_prefix("Pss:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        total += pss;
-        count += 1;
+        let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let entry = tree.by_name.entry(name.trim().to_string()).or_default();
+        entry.0 += pss;
+        entry.1 += 1;
+        tree.kib += pss;
+        tree.processes += 1;
         stack.extend(children.get(&pid).into_iter().flatten());
     }
-    (total, count)
+    tree
 }
 
 /// Starts `count` idle containers, measures, and removes them again.
@@ -83,7 +109,7 @@ pub(crate) fn resident_pss(
     side: Side,
     count: usize,
     one_pod: bool,
-) -> f64 {
+) -> Tree {
     let pod = unique_id("bench-pod");
     let ids: Vec<String> = (0..count).map(|_| unique_id("bench-idle")).collect();
     for id in &ids {
@@ -108,17 +134,19 @@ pub(crate) fn resident_pss(
         assert_eq!(out.code, 0, "{} start failed: {out:?}", side.name());
     }
     std::thread::sleep(Duration::from_secs(2));
-    let (kib, processes) = shim_tree_pss_kib(&containerd.socket());
+    let tree = shim_tree(&containerd.socket());
     for id in &ids {
         containerd.remove(id);
     }
     eprintln!(
-        "  {:<16} {count:>3} {:<9} {processes:>4} processes, {:.1} MiB PSS",
+        "  {:<16} {count:>3} {:<9} {:>4} processes, {:.1} MiB PSS: {}",
         side.name(),
         if one_pod { "one pod" } else { "separate" },
-        kib as f64 / 1024.0
+        tree.processes,
+        tree.kib as f64 / 1024.0,
+        tree.breakdown()
     );
-    kib as f64 / 1024.0
+    tree
 }
 
 /// Tasks per second for `tasks` runs, `parallelism` at a time, in one pod.

@@ -192,8 +192,9 @@ fn through_ctr(containerd: &Containerd) -> (String, String) {
             memory.push(MemoryRow {
                 count,
                 one_pod,
-                wasm,
-                runc,
+                wasm: wasm.kib as f64 / 1024.0,
+                runc: runc.kib as f64 / 1024.0,
+                breakdown: [wasm.breakdown(), runc.breakdown()],
             });
         }
     }

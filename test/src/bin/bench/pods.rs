@@ -17,7 +17,7 @@ use shim_tests::cri::CriNode;
 use shim_tests::images::{PAUSE, WASM_TEST};
 use shim_tests::unique_id;
 
-use super::ctr::shim_tree_pss_kib;
+use super::ctr::shim_tree;
 
 /// The CRI handler of the no-op shim, the floor of a pod start.
 pub(crate) const NOOP: &str = "noop";
@@ -78,6 +78,8 @@ pub(crate) struct Density {
     pub(crate) total_mib: f64,
     /// Processes under the shims, all running.
     pub(crate) processes: usize,
+    /// PSS by process name, all running.
+    pub(crate) breakdown: String,
     /// Seconds to run the pods' sandboxes, then to start their containers.
     pub(crate) pods_secs: f64,
     pub(crate) containers_secs: f64,
@@ -100,7 +102,7 @@ pub(crate) fn density(node: &CriNode, handler: &str, pods: usize, per_pod: usize
         .collect();
     let pods_secs = began.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let (pods_kib, _) = shim_tree_pss_kib(&node.containerd_socket());
+    let pods_kib = shim_tree(&node.containerd_socket()).kib;
     let began = Instant::now();
     for (pod, config) in &sandboxes {
         for n in 0..per_pod {
@@ -110,7 +112,8 @@ pub(crate) fn density(node: &CriNode, handler: &str, pods: usize, per_pod: usize
     }
     let containers_secs = began.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
-    let (total_kib, processes) = shim_tree_pss_kib(&node.containerd_socket());
+    let all = shim_tree(&node.containerd_socket());
+    let (total_kib, processes) = (all.kib, all.processes);
     for (pod, _) in &sandboxes {
         node.stop_and_remove_pod(pod);
     }
@@ -118,6 +121,7 @@ pub(crate) fn density(node: &CriNode, handler: &str, pods: usize, per_pod: usize
         pods_mib: pods_kib as f64 / 1024.0,
         total_mib: total_kib as f64 / 1024.0,
         processes,
+        breakdown: all.breakdown(),
         pods_secs,
         containers_secs,
     };

@@ -68,6 +68,8 @@ pub(crate) struct MemoryRow {
     pub(crate) one_pod: bool,
     pub(crate) wasm: f64,
     pub(crate) runc: f64,
+    /// PSS by process name, wasm and runc ([`super::ctr::Tree::breakdown`]).
+    pub(crate) breakdown: [String; 2],
 }
 
 /// How soon the large component answered: cold cache vs cached.
@@ -146,6 +148,13 @@ pub(crate) fn report(
             row.wasm / row.runc
         );
     }
+    if let Some(one) = memory.iter().find(|row| row.count == 1 && row.one_pod) {
+        let _ = writeln!(
+            r,
+            "\nOne container in a pod, by process: wasm: {}; runc: {}.",
+            one.breakdown[0], one.breakdown[1]
+        );
+    }
     r
 }
 
@@ -198,6 +207,11 @@ pub(crate) fn density_report(
             d.containers_secs
         );
     }
+    let _ = writeln!(
+        r,
+        "\nBy process: wasm: {}; runc: {}.",
+        wasm.breakdown, runc.breakdown
+    );
     let _ = writeln!(
         r,
         "\nwasm / runc PSS: **{:.2}** ({:.2} GB for the wasm side)\n",
