@@ -2,16 +2,16 @@
 //! wrote) as the node installer reads and edits it.
 //!
 //! Input: one flags byte, then the config text. Flags: bit 0 picks the CRI
-//! plugin layout (version 2 or 3), bit 1 SystemdCgroup, bit 2 with_runc,
-//! bits 3-4 the import path added.
+//! plugin layout (version 2 or 3), bit 1 runc's SystemdCgroup, bit 2 whether
+//! runc is to be added, bits 3-4 the import path added.
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use node_installer::config::{
-    add_import, set_wasmtime_runtime, Config, Runtime, Version, WasmtimeRuntime, ANNOTATIONS,
-    HANDLER, RUNTIME_TYPE,
+    add_import, set_wasmtime_runtime, Config, Runc, Runtime, Version, ANNOTATIONS, HANDLER,
+    RUNTIME_TYPE,
 };
 use toml_edit::Item;
 
@@ -55,10 +55,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Version::V3
     };
-    let want = WasmtimeRuntime {
+    let want = (flags & 4 != 0).then_some(Runc {
         systemd_cgroup: flags & 2 != 0,
-        with_runc: flags & 4 != 0,
-    };
+    });
     check_runtime(path, &config, version, want);
     check_import(path, &config, IMPORTS[usize::from(flags >> 3) & 3]);
 });
@@ -68,10 +67,11 @@ fn reparse(path: &Path, text: &str, what: &str) -> Config {
         .unwrap_or_else(|e| panic!("{what} wrote TOML it cannot read back: {e}\n---\n{text}"))
 }
 
-/// `set_wasmtime_runtime`: the output parses, says what was asked, keeps the
-/// runtimes and keys that were there, and is a fixed point (the function's
-/// documented idempotence).
-fn check_runtime(path: &Path, config: &Config, version: Version, want: WasmtimeRuntime) {
+/// `set_wasmtime_runtime`: the output parses, says what was asked (the
+/// handler with no `SystemdCgroup`, runc where asked), keeps the runtimes and
+/// keys that were there, and is a fixed point (the function's documented
+/// idempotence).
+fn check_runtime(path: &Path, config: &Config, version: Version, want: Option<Runc>) {
     let mut edited = config.clone();
     set_wasmtime_runtime(&mut edited.doc, version, want);
     let text = edited.to_text();
@@ -80,7 +80,7 @@ fn check_runtime(path: &Path, config: &Config, version: Version, want: WasmtimeR
         again.runtime(version, HANDLER),
         Some(Runtime {
             runtime_type: Some(RUNTIME_TYPE.to_string()),
-            systemd_cgroup: Some(want.systemd_cgroup),
+            systemd_cgroup: None,
         }),
         "{text}"
     );
@@ -100,8 +100,16 @@ fn check_runtime(path: &Path, config: &Config, version: Version, want: WasmtimeR
             "{key}: {text}"
         );
     }
-    if want.with_runc {
-        assert!(again.runtime(version, "runc").is_some(), "no runc: {text}");
+    if let Some(runc) = want {
+        let added = again.runtime(version, "runc");
+        assert!(added.is_some(), "no runc: {text}");
+        if config.runtime(version, "runc").is_none() {
+            assert_eq!(
+                added.and_then(|r| r.systemd_cgroup),
+                Some(runc.systemd_cgroup),
+                "{text}"
+            );
+        }
     }
     // What was configured stays: other runtimes, the default, the top-level keys.
     if let Some(before) = config.runtime(version, "runc") {
