@@ -26,11 +26,10 @@ fn timed_run_in(containerd: &Containerd, side: Side, pod: Option<&str>) -> f64 {
     if let Some(annotation) = &annotation {
         args.extend(["--annotation", annotation]);
     }
-    let noop = super::noop_shim().display().to_string();
+    args.extend(["--runtime", side.runtime()]);
     match side {
-        Side::Wasm => args.extend(["--runtime", RUNTIME, HELLO, &id]),
-        Side::Runc => args.extend(["--runtime", RUNC, WASM_TEST, &id, "/native-hello"]),
-        Side::Floor => args.extend(["--runtime", &noop, HELLO, &id]),
+        Side::Wasm | Side::Floor => args.extend([HELLO, &id]),
+        Side::Runc => args.extend([WASM_TEST, &id, "/native-hello"]),
     }
     let started = Instant::now();
     let out = containerd.ctr(&args);
@@ -159,12 +158,7 @@ pub(crate) fn throughput(
     let pod = unique_id("bench-pod");
     let sandbox = unique_id("bench-sandbox");
     let annotation = format!("{SANDBOX_ANNOTATION}={pod}");
-    let noop = super::noop_shim().display().to_string();
-    let runtime = match side {
-        Side::Wasm => RUNTIME,
-        Side::Runc => RUNC,
-        Side::Floor => &noop,
-    };
+    let runtime = side.runtime();
     let out = containerd.ctr(&[
         "run",
         "-d",

@@ -43,7 +43,8 @@ mod pods;
 mod report;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use shim_tests::images::{images_dir, HELLO_HTTP, PYTHON_HTTP};
 use shim_tests::Containerd;
@@ -81,16 +82,30 @@ impl Side {
 }
 
 /// `containerd-shim-noop-v1`, built beside this binary (`make build`),
-/// which containerd runs by its absolute path.
-fn noop_shim() -> PathBuf {
-    let exe = std::env::current_exe().expect("the bench's path");
-    let shim = exe.with_file_name("containerd-shim-noop-v1");
-    assert!(
-        shim.is_file(),
-        "{} is missing: `make build` builds it",
-        shim.display()
-    );
-    shim
+/// which containerd runs by its absolute path; looked up once.
+fn noop_shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the bench's path");
+        let shim = exe.with_file_name("containerd-shim-noop-v1");
+        assert!(
+            shim.is_file(),
+            "{} is missing: `make build` builds it",
+            shim.display()
+        );
+        shim
+    })
+}
+
+impl Side {
+    /// The `--runtime` that `ctr run` names for this side.
+    fn runtime(self) -> &'static str {
+        match self {
+            Side::Wasm => shim_tests::RUNTIME,
+            Side::Runc => RUNC,
+            Side::Floor => noop_shim().to_str().expect("a UTF-8 path"),
+        }
+    }
 }
 
 /// The environment variable `name`, parsed, else `default`.
@@ -262,7 +277,7 @@ fn http_components(containerd: &Containerd) -> String {
 /// 3b–3c: pod start and density through the CRI, on one CRI node.
 fn through_cri() -> String {
     let node = CriNode::start_with(NodeOptions {
-        binary_handlers: vec![(pods::NOOP.into(), noop_shim())],
+        binary_handlers: vec![(pods::NOOP.into(), noop_shim().to_path_buf())],
         ..Default::default()
     });
     let mut report = String::new();
